@@ -1,0 +1,263 @@
+"""The architecture spec: the one structural input of a CNN.
+
+A spec is a tree of frozen dataclasses that says everything needed to build a network and nothing
+about how it was found or trained. It round-trips exactly through JSON, validates itself at
+construction (every spec that exists can be built), and is what a trial, an MLflow run and a pulled
+model all store, so a model can be rebuilt without the search space's code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ACTIVATIONS",
+    "AGGREGATIONS",
+    "PADDINGS",
+    "POOLS",
+    "ArchSpec",
+    "ConvBlock",
+    "DenseLayer",
+    "SpecError",
+]
+
+# The names a spec may use. The builder maps each to a module; keeping the names here lets the spec
+# validate itself without importing torch.nn.
+ACTIVATIONS = ("relu", "gelu", "silu", "elu", "leaky_relu", "tanh")
+POOLS = ("max", "avg", "none")
+PADDINGS = ("same", "valid")
+AGGREGATIONS = ("flatten", "gap")
+
+MAX_KERNEL = 15
+MAX_WIDTH = 65536
+
+
+class SpecError(ValueError):
+    """An architecture spec is invalid. ``path`` names the field (``blocks[2].kernel``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+    def under(self, prefix: str) -> SpecError:
+        """The same error with ``prefix`` in front of its path, for errors raised by a child."""
+        path = f"{prefix}.{self.path}" if self.path else prefix
+        return type(self)(path, self.message)
+
+
+def _int(value: Any, name: str, lo: int, hi: int) -> int:
+    # bool is an int subclass; `batch_norm: true` typed into `filters` must not pass as 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(name, f"must be an integer in {lo}..{hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise SpecError(name, f"must be an integer in {lo}..{hi}, got {value}")
+    return value
+
+
+def _prob(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(name, f"must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise SpecError(name, f"must be a number in [0, 1), got {value}")
+    return float(value)
+
+
+def _choice(value: Any, name: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise SpecError(name, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(name, f"must be true or false, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: Any, path: str) -> Any:
+    """Builds dataclass ``cls`` from a mapping, refusing unknown keys by name."""
+    if not isinstance(data, dict):
+        raise SpecError(path, f"must be a mapping, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise SpecError(path, f"unknown key(s) {unknown}; allowed: {names}")
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise SpecError(path, f"missing key(s) {missing}")
+    return data
+
+
+def _plain(value: Any) -> Any:
+    """Tuples become lists, recursively: the dict equals its own JSON round trip."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ConvBlock:
+    """One stage of the feature extractor: ``convs`` convolutions, then optional downsampling."""
+
+    # Output channels of every convolution in the block.
+    filters: int
+    # Square kernel size. Odd, so that 'same' padding is symmetric.
+    kernel: int = 3
+    # Convolutions in a row before the pooling (seed 002: "two consecutive conv layers then a pool").
+    convs: int = 1
+    # 'same' keeps H x W; 'valid' shrinks each side by kernel-1 (seed 002's [(N-K+2P)/S]+1 rule).
+    padding: str = "same"
+    # BatchNorm after each convolution, before the activation. The conv then has no bias.
+    batch_norm: bool = False
+    # Nonlinearity after each convolution (after BatchNorm when present).
+    activation: str = "relu"
+    # Downsampling after the block: 2x2 window, stride 2.
+    pool: str = "none"
+    # Dropout probability after the block's pooling; 0 means no dropout layer.
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _int(self.filters, "filters", 1, MAX_WIDTH)
+        _int(self.kernel, "kernel", 1, MAX_KERNEL)
+        if self.kernel % 2 == 0:
+            raise SpecError(
+                "kernel", f"must be odd so 'same' padding is symmetric, got {self.kernel}"
+            )
+        _int(self.convs, "convs", 1, 8)
+        _choice(self.padding, "padding", PADDINGS)
+        _bool(self.batch_norm, "batch_norm")
+        _choice(self.activation, "activation", ACTIVATIONS)
+        _choice(self.pool, "pool", POOLS)
+        object.__setattr__(self, "dropout", _prob(self.dropout, "dropout"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConvBlock:
+        return cls(**_from_dict(cls, data, ""))
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """One fully connected layer of the classification head, before the classifier."""
+
+    # Output units.
+    width: int
+    # Nonlinearity after the layer.
+    activation: str = "relu"
+    # Dropout probability after the activation; 0 means no dropout layer.
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _int(self.width, "width", 1, MAX_WIDTH)
+        _choice(self.activation, "activation", ACTIVATIONS)
+        object.__setattr__(self, "dropout", _prob(self.dropout, "dropout"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DenseLayer:
+        return cls(**_from_dict(cls, data, ""))
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A whole CNN: conv blocks -> aggregation -> dense layers -> classifier.
+
+    Construction validates every field and runs shape inference, so an ``ArchSpec`` that exists
+    always builds; an invalid one raises :class:`SpecError` naming the field or the layer.
+    """
+
+    # Input images as (channels, height, width).
+    input_shape: tuple[int, int, int]
+    # Number of classes of the classifier.
+    num_classes: int
+    # The feature extractor, in order. At least one block.
+    blocks: tuple[ConvBlock, ...]
+    # How the last feature map becomes a vector: 'flatten' keeps every position, 'gap' averages
+    # each channel over H x W (seed 003), so the head's size no longer grows with the image.
+    aggregation: str = "flatten"
+    # Hidden dense layers between the aggregation and the classifier; may be empty.
+    dense: tuple[DenseLayer, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        shape = self.input_shape
+        if not isinstance(shape, (tuple, list)) or len(shape) != 3:
+            raise SpecError("input_shape", f"must be [channels, height, width], got {shape!r}")
+        for i, (dim, hi) in enumerate(zip(shape, (4096, 16384, 16384), strict=True)):
+            _int(dim, f"input_shape[{i}]", 1, hi)
+        object.__setattr__(self, "input_shape", tuple(shape))
+        _int(self.num_classes, "num_classes", 2, 100000)
+        object.__setattr__(self, "blocks", self._children("blocks", self.blocks, ConvBlock))
+        if not self.blocks:
+            raise SpecError("blocks", "needs at least one conv block")
+        _choice(self.aggregation, "aggregation", AGGREGATIONS)
+        object.__setattr__(self, "dense", self._children("dense", self.dense, DenseLayer))
+        # Shape inference is the last check: it raises if a feature map collapses.
+        from ._shapes import infer_shapes
+
+        infer_shapes(self)
+
+    @staticmethod
+    def _children(name: str, items: Any, cls: type) -> tuple:
+        if not isinstance(items, (tuple, list)):
+            raise SpecError(name, f"must be a list, got {type(items).__name__}")
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(item if isinstance(item, cls) else cls.from_dict(item))
+            except SpecError as e:
+                raise e.under(f"{name}[{i}]") from None
+            except TypeError as e:  # a non-mapping item
+                raise SpecError(f"{name}[{i}]", str(e)) from None
+        return tuple(out)
+
+    # --- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``ArchSpec.from_dict(spec.to_dict()) == spec``."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
+        _from_dict(cls, data, "")
+        return cls(**data)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ArchSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError("", f"not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def spec_hash(self) -> str:
+        """A short, stable identity of the architecture (sha256 of the canonical JSON)."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def summary(self) -> str:
+        """A one-line description, e.g. ``16c3x2+bn>max | 32c3>max | gap | d128 | 10``."""
+        parts = []
+        for b in self.blocks:
+            s = f"{b.filters}c{b.kernel}" + (f"x{b.convs}" if b.convs > 1 else "")
+            s += "+bn" if b.batch_norm else ""
+            s += "v" if b.padding == "valid" else ""
+            s += f">{b.pool}" if b.pool != "none" else ""
+            s += f"~{b.dropout:.2g}" if b.dropout else ""
+            parts.append(s)
+        parts.append(self.aggregation)
+        parts += [f"d{d.width}" + (f"~{d.dropout:.2g}" if d.dropout else "") for d in self.dense]
+        parts.append(str(self.num_classes))
+        return " | ".join(parts)

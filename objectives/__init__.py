@@ -1,0 +1,35 @@
+"""How one architecture is scored: data, batching, the LightningModule and the fit function.
+
+Depends on ``models`` only; takes callbacks and loggers from its caller (``search``).
+"""
+
+from __future__ import annotations
+
+from ._batches import Batches, on_device
+from ._data import (
+    DATASETS,
+    DatasetError,
+    ImageData,
+    find_fashion_mnist,
+    load_dataset,
+    read_idx,
+    stratified_split,
+)
+from ._train import Classifier, TrainConfig, TrialResult, evaluate, fit
+
+__all__ = [
+    "DATASETS",
+    "Batches",
+    "Classifier",
+    "DatasetError",
+    "ImageData",
+    "TrainConfig",
+    "TrialResult",
+    "evaluate",
+    "find_fashion_mnist",
+    "fit",
+    "load_dataset",
+    "on_device",
+    "read_idx",
+    "stratified_split",
+]

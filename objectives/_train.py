@@ -1,0 +1,301 @@
+"""Scoring one architecture: a LightningModule around ``models.build(spec)`` and a fit function.
+
+The network is a plain ``nn.Module``; this file only trains and measures it. It takes callbacks
+and loggers from its caller and knows nothing of Optuna storages or MLflow runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from models import ArchSpec, build, count_macs, count_params
+
+from ._batches import Batches, on_device
+from ._data import ImageData
+
+# Lightning sets its loggers to INFO on import and then announces the accelerator and tips on every
+# fit; a study runs hundreds of fits and shows its own progress instead.
+for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+__all__ = ["Classifier", "TrainConfig", "TrialResult", "evaluate", "fit"]
+
+ACCELERATORS = ("auto", "cpu", "gpu")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one architecture is trained; the same for every trial of a study."""
+
+    # Passes over the training split.
+    epochs: int = 3
+    # Images per optimisation step.
+    batch_size: int = 128
+    # Adam's learning rate (seed 003: Adam with its defaults, 1e-3).
+    lr: float = 1e-3
+    # L2 penalty added by Adam; 0 as in the seeds.
+    weight_decay: float = 0.0
+    # Learning-rate decay on a plateau of validation accuracy (seed 003): multiply by lr_factor
+    # after lr_patience epochs without improvement.
+    lr_factor: float = 0.5
+    lr_patience: int = 1
+    # Seed of initialisation and batch order; a trial adds its number to it.
+    seed: int = 0
+    # Where to train: 'auto' takes a GPU when there is one.
+    accelerator: str = "auto"
+    # Numeric precision; 'auto' is bf16-mixed on a GPU and 32-true on the CPU.
+    precision: str = "auto"
+    # Deterministic kernels: the same seed gives the same numbers (slower on GPUs).
+    deterministic: bool = True
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What training one architecture measured. Accuracies are fractions in [0, 1]."""
+
+    val_acc: float
+    val_loss: float
+    train_acc: float
+    train_loss: float
+    params: int
+    macs: int
+    # Seed 003's complexity ratio: validation accuracy per parameter.
+    ratio: float
+    # Wall-clock seconds of the fit, validation included.
+    seconds: float
+    epochs: int
+    # Per-epoch values: train_loss, train_acc, val_loss, val_acc, lr, epoch_seconds.
+    curves: dict[str, list[float]]
+    # The trained network, in eval mode on the CPU. Not part of the record.
+    model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def metrics(self) -> dict[str, float]:
+        """The final scalar metrics, for trial attributes and run metrics."""
+        d = asdict(self)
+        return {k: float(v) for k, v in d.items() if k not in ("curves", "model")}
+
+
+class Classifier(pl.LightningModule):
+    """Trains a ``models.CNN`` on uint8 batches, normalising them on the device.
+
+    Metrics are summed in device tensors during an epoch and read once at its end: a ``.item()``
+    or a ``self.log`` per step would synchronise a GPU every step.
+    """
+
+    def __init__(
+        self, spec: ArchSpec, cfg: TrainConfig, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
+        super().__init__()
+        self.net = build(spec)
+        self.cfg = cfg
+        c = spec.input_shape[0]
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1), False
+        )
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1), False)
+        self.curves: dict[str, list[float]] = {
+            k: [] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds")
+        }
+        self._sums: dict[str, torch.Tensor] = {}
+        self._epoch_start = 0.0
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalise(x))
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> torch.Tensor:
+        x, y = batch
+        heads = self.net.forward_heads(self.normalise(x))
+        loss = sum(F.cross_entropy(h, y) for h in heads)
+        with torch.no_grad():
+            n = y.numel()
+            sums = self._sums
+            sums[prefix + "loss"] = sums.get(prefix + "loss", 0) + loss.detach().float() * n
+            correct = (heads[0].argmax(1) == y).sum()
+            sums[prefix + "correct"] = sums.get(prefix + "correct", 0) + correct
+            sums[prefix + "n"] = sums.get(prefix + "n", 0) + n
+        return loss
+
+    def _epoch_means(self, prefix: str) -> tuple[float, float]:
+        n = self._sums.pop(prefix + "n", 0)
+        loss = self._sums.pop(prefix + "loss", torch.tensor(math.nan))
+        correct = self._sums.pop(prefix + "correct", torch.tensor(0))
+        if not n:
+            return math.nan, math.nan
+        return float(loss) / n, float(correct) / n
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train_")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val_")
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        loss, acc = self._epoch_means("val_")
+        self.curves["val_loss"].append(loss)
+        self.curves["val_acc"].append(acc)
+        # Logged for the LR scheduler and for callbacks (pruning, progress): once per epoch.
+        self.log_dict({"val_acc": acc, "val_loss": loss}, prog_bar=False, logger=False)
+
+    def on_train_epoch_end(self) -> None:
+        loss, acc = self._epoch_means("train_")
+        self.curves["train_loss"].append(loss)
+        self.curves["train_acc"].append(acc)
+        self.curves["lr"].append(float(self.optimizers().param_groups[0]["lr"]))
+        self.curves["epoch_seconds"].append(time.perf_counter() - self._epoch_start)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(
+            self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=self.cfg.lr_factor, patience=self.cfg.lr_patience
+        )
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": sched, "monitor": "val_acc", "interval": "epoch"},
+        }
+
+
+class _DataModule(pl.LightningDataModule):
+    """Hands Lightning in-memory batches of data already moved to the trainer's device."""
+
+    def __init__(self, data: ImageData, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def setup(self, stage: str) -> None:
+        self.tensors = on_device(self.data, self.trainer.strategy.root_device)
+
+    def train_dataloader(self) -> Batches:
+        t = self.tensors
+        return Batches(
+            t["train_x"],
+            t["train_y"],
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=True,
+        )
+
+    def val_dataloader(self) -> Batches:
+        # Evaluation holds no gradients, so larger batches cost nothing in memory terms.
+        t = self.tensors
+        return Batches(t["val_x"], t["val_y"], max(self.batch_size, 1024))
+
+
+def _precision(cfg: TrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16-mixed" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "32-true"
+
+
+def fit(
+    spec: ArchSpec,
+    data: ImageData,
+    cfg: TrainConfig,
+    *,
+    seed: int | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+    logger: Any = False,
+) -> TrialResult:
+    """Trains ``spec`` on ``data``'s training split and scores it on the validation split.
+
+    The test split is never touched. The same ``seed`` (default ``cfg.seed``) gives the same
+    result on the same machine.
+    """
+    if tuple(spec.input_shape) != data.input_shape or spec.num_classes != data.num_classes:
+        raise ValueError(
+            f"spec is for input {spec.input_shape} with {spec.num_classes} classes, but the "
+            f"dataset {data.name!r} has {data.input_shape} and {data.num_classes}"
+        )
+    seed = cfg.seed if seed is None else seed
+    pl.seed_everything(seed, workers=False, verbose=False)
+    module = Classifier(spec, cfg, data.mean, data.std)
+    trainer = pl.Trainer(
+        accelerator=cfg.accelerator,
+        devices=1,
+        max_epochs=cfg.epochs,
+        precision=_precision(cfg),
+        deterministic=cfg.deterministic,
+        logger=logger,
+        callbacks=list(callbacks),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    dm = _DataModule(data, cfg.batch_size, seed)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # Lightning warns that a non-DataLoader iterable has no workers: that is the point.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*`IterableDataset`.*")
+        # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecated; nothing to act on.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - start
+    curves = module.curves
+    epochs = len(curves["val_acc"])
+    if epochs == 0:
+        raise RuntimeError("training stopped before the first validation epoch ended")
+    params, macs = count_params(spec), count_macs(spec)
+    val_acc = curves["val_acc"][-1]
+    net = module.net.to("cpu").eval()
+    return TrialResult(
+        val_acc=val_acc,
+        val_loss=curves["val_loss"][-1],
+        train_acc=curves["train_acc"][-1],
+        train_loss=curves["train_loss"][-1],
+        params=params,
+        macs=macs,
+        ratio=val_acc / params,
+        seconds=seconds,
+        epochs=epochs,
+        curves={k: list(v) for k, v in curves.items()},
+        model=net,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    batch_size: int = 1024,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on uint8 images ``x`` with labels ``y``."""
+    model.eval()
+    device = next(model.parameters()).device
+    c = x.shape[1]
+    m = torch.tensor(mean, device=device).view(1, c, 1, 1)
+    s = torch.tensor(std, device=device).view(1, c, 1, 1)
+    loss_sum, correct = 0.0, 0
+    for xb, yb in Batches(x, y, batch_size):
+        xb, yb = xb.to(device), yb.to(device)
+        logits = model((xb.float() - m) / s)
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    return loss_sum / len(y), correct / len(y)

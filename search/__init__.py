@@ -1,0 +1,48 @@
+"""Optuna and MLflow: the search space, studies, tracking and the ``cnnas`` CLI."""
+
+from __future__ import annotations
+
+from ._config import (
+    ConfigError,
+    DataConfig,
+    MlflowConfig,
+    SpaceConfig,
+    StudyConfig,
+    load_config,
+    load_mlflow_config,
+)
+from ._space import max_pools, suggest_spec
+from ._study import (
+    StudyFailing,
+    StudyMismatch,
+    StudyRun,
+    make_sampler,
+    open_storage,
+    pareto_front,
+    prepare,
+    run_study,
+    trial_spec,
+)
+from ._tracking import Tracker
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "MlflowConfig",
+    "SpaceConfig",
+    "StudyConfig",
+    "StudyFailing",
+    "StudyMismatch",
+    "StudyRun",
+    "Tracker",
+    "load_config",
+    "load_mlflow_config",
+    "make_sampler",
+    "max_pools",
+    "open_storage",
+    "pareto_front",
+    "prepare",
+    "run_study",
+    "suggest_spec",
+    "trial_spec",
+]

@@ -1,0 +1,105 @@
+"""trial -> ArchSpec: the only code in cnnas that calls ``trial.suggest_*``.
+
+The space adapts to the dataset: a downsampling choice is offered only while the feature map is
+at least ``MIN_POOL_SIZE`` pixels on its short side (seed 002: 28x28 allows about three conv-pool
+pairs, 64x64 four or five), so no sampled architecture collapses. A choice with a single allowed
+value, or a range whose ends meet, is fixed rather than sampled, so the sampler never sees a
+parameter that cannot vary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from models import ArchSpec, ConvBlock, DenseLayer
+
+from ._config import SpaceConfig
+
+__all__ = ["MIN_POOL_SIZE", "max_pools", "suggest_spec"]
+
+# A 2x2 pool is offered only on maps at least this large: 28 -> 14 -> 7 -> 3 stops after three.
+MIN_POOL_SIZE = 4
+DROPOUT_STEP = 0.05
+
+
+def max_pools(height: int, width: int) -> int:
+    """How many 2x2 downsampling stages an input of this size allows."""
+    n, size = 0, min(height, width)
+    while size >= MIN_POOL_SIZE:
+        size //= 2
+        n += 1
+    return n
+
+
+def _cat(trial: optuna.Trial, name: str, choices: tuple[Any, ...]) -> Any:
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
+
+
+def _int(trial: optuna.Trial, name: str, bounds: tuple[int, int], log: bool = False) -> int:
+    lo, hi = bounds
+    return lo if lo == hi else trial.suggest_int(name, lo, hi, log=log)
+
+
+def _float(trial: optuna.Trial, name: str, bounds: tuple[float, float]) -> float:
+    # Steps of 0.05: dropout 0.3 and 0.3004 train alike, and a coarse grid lets an identical
+    # architecture be recognised as one.
+    lo, hi = bounds
+    if hi - lo < DROPOUT_STEP:
+        return lo
+    hi = lo + DROPOUT_STEP * round((hi - lo) / DROPOUT_STEP)
+    return round(trial.suggest_float(name, lo, hi, step=DROPOUT_STEP), 4)
+
+
+def suggest_spec(
+    trial: optuna.Trial,
+    space: SpaceConfig,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+) -> ArchSpec:
+    """Samples one architecture for images of ``input_shape`` from ``space``."""
+    _, height, width = input_shape
+    n_blocks = _int(trial, "blocks", space.blocks)
+    base = _cat(trial, "base_filters", space.base_filters)
+    growth = _cat(trial, "growth", space.growth) if n_blocks > 1 else "constant"
+    kernel = _cat(trial, "kernel", space.kernels)
+    batch_norm = _cat(trial, "batch_norm", space.batch_norm)
+    convs = _int(trial, "convs", space.convs)
+    block_dropout = _float(trial, "block_dropout", space.block_dropout)
+
+    blocks, size = [], min(height, width)
+    for i in range(n_blocks):
+        filters = base if growth == "constant" else base * 2**i
+        pool = "none"
+        if size >= MIN_POOL_SIZE:
+            pool = _cat(trial, f"pool_{i}", space.pools)
+        if pool != "none":
+            size //= 2
+        blocks.append(
+            ConvBlock(
+                filters=min(filters, space.max_filters),
+                kernel=kernel,
+                convs=convs,
+                batch_norm=batch_norm,
+                pool=pool,
+                dropout=block_dropout,
+            )
+        )
+
+    aggregation = _cat(trial, "aggregation", space.aggregations)
+    n_dense = _int(trial, "dense_layers", space.dense_layers)
+    dense = []
+    if n_dense:
+        dense_dropout = _float(trial, "dense_dropout", space.dense_dropout)
+        for i in range(n_dense):
+            w = _int(trial, f"dense_width_{i}", space.dense_width, log=True)
+            dense.append(DenseLayer(width=w, dropout=dense_dropout))
+
+    return ArchSpec(
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        blocks=tuple(blocks),
+        aggregation=aggregation,
+        dense=tuple(dense),
+    )

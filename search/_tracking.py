@@ -1,0 +1,148 @@
+"""MLflow tracking: one parent run per study, one child run per trial.
+
+Everything goes through ``MlflowClient`` with explicit run ids rather than the fluent API's
+"active run" globals, so a worker never logs into another trial's run. Values are sent in
+``log_batch`` calls: a trial's whole history is one call, not one per value (5.3 ms per
+``log_metric`` against 0.16 ms per metric in a batch, measured on SQLite).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+
+from models import ArchSpec
+from objectives import TrialResult
+
+from ._config import MlflowConfig
+
+__all__ = ["Tracker", "flatten", "tracking_uri"]
+
+# MLflow's limits per log_batch call.
+_MAX_PARAMS, _MAX_METRICS = 100, 1000
+_TAG_LIMIT = 5000
+
+
+def tracking_uri(cfg: MlflowConfig, project_dir: Path) -> str:
+    """The configured URI, or a SQLite database in the project folder."""
+    return cfg.tracking_uri or f"sqlite:///{(project_dir / 'mlflow.db').resolve()}"
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """``{"blocks": [{"filters": 8}]}`` -> ``{"blocks.0.filters": "8"}``, for run params."""
+    out: dict[str, str] = {}
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(data, (list, tuple)) and any(isinstance(v, (Mapping, list)) for v in data):
+        for i, v in enumerate(data):
+            out.update(flatten(v, f"{prefix}.{i}"))
+    else:
+        out[prefix] = str(list(data) if isinstance(data, tuple) else data)
+    return out
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Tracker:
+    """Writes a study's runs to one MLflow experiment."""
+
+    def __init__(self, cfg: MlflowConfig, project_dir: Path) -> None:
+        self.cfg = cfg
+        self.uri = tracking_uri(cfg, project_dir)
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        exp = self.client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            location = cfg.artifact_location or (project_dir / "mlartifacts").resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(
+                cfg.experiment, artifact_location=location
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+
+    # --- the study's parent run -------------------------------------------------------------
+
+    def parent_run(self, study_name: str, existing: str | None, config: Mapping[str, Any]) -> str:
+        """The study's parent run: ``existing`` reopened if it still exists, else a new one."""
+        if existing:
+            try:
+                run = self.client.get_run(existing)
+            except MlflowException:
+                run = None
+            if run is not None and run.info.lifecycle_stage == "active":
+                if run.info.status != "RUNNING":
+                    self.client.update_run(existing, status="RUNNING")
+                return existing
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=study_name,
+            tags={"cnnas.study": study_name, "cnnas.role": "study"},
+        )
+        params = [Param(k, v[:_TAG_LIMIT]) for k, v in flatten(config).items()]
+        for chunk in _chunks(params, _MAX_PARAMS):
+            self.client.log_batch(run.info.run_id, params=chunk)
+        return run.info.run_id
+
+    def end_parent(self, run_id: str, summary: Mapping[str, float], status: str) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items()]
+        self.client.log_batch(run_id, metrics=metrics)
+        self.client.set_terminated(run_id, status=status)
+
+    # --- one run per trial --------------------------------------------------------------------
+
+    def start_trial(self, parent_id: str, study_name: str, number: int, spec: ArchSpec) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{study_name}-trial-{number}",
+            tags={
+                "mlflow.parentRunId": parent_id,
+                "cnnas.study": study_name,
+                "cnnas.trial": str(number),
+                "cnnas.role": "trial",
+                "cnnas.spec_hash": spec.spec_hash(),
+                "cnnas.arch": spec.summary()[:_TAG_LIMIT],
+            },
+        )
+        run_id = run.info.run_id
+        params = [Param(k, v) for k, v in flatten(spec.to_dict(), "spec").items()]
+        for chunk in _chunks(params, _MAX_PARAMS):
+            self.client.log_batch(run_id, params=chunk)
+        self.client.log_dict(run_id, spec.to_dict(), "spec.json")
+        return run_id
+
+    def finish_trial(self, run_id: str, result: TrialResult) -> None:
+        """Logs the per-epoch curves and the final metrics in one batch and closes the run."""
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(name, float(v), now, step)
+            for name, values in result.curves.items()
+            for step, v in enumerate(values)
+        ]
+        for name in ("params", "macs", "ratio", "seconds", "epochs"):
+            metrics.append(Metric(name, float(getattr(result, name)), now, 0))
+        for chunk in _chunks(metrics, _MAX_METRICS):
+            self.client.log_batch(run_id, metrics=chunk)
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def fail_trial(self, run_id: str, reason: str, *, killed: bool = False) -> None:
+        self.client.log_batch(run_id, tags=[RunTag("cnnas.failure", reason[:_TAG_LIMIT])])
+        status = RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED)
+        self.client.set_terminated(run_id, status=status)
+
+    def trial_runs(self, parent_id: str) -> list:
+        """Every child run of the study's parent run."""
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+            max_results=50000,
+        )

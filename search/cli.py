@@ -1,0 +1,317 @@
+"""The ``cnnas`` command line.
+
+Exit status: 0 on success, 2 on bad input (config, dataset, architecture, study name) with a
+message naming what is wrong, 1 when a study stops because its trials keep failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from models import ArchSpec, SpecError, count_macs, count_params, infer_shapes
+from objectives import DatasetError
+
+from ._config import ConfigError, StudyConfig, load_config, load_mlflow_config
+from ._study import (
+    StudyFailing,
+    StudyMismatch,
+    StudyRun,
+    open_storage,
+    pareto_front,
+    prepare,
+    replace_cfg,
+    run_study,
+    storage_location,
+    trial_spec,
+)
+from ._tracking import tracking_uri
+
+__all__ = ["main"]
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class UsageError(Exception):
+    """Bad input found by the CLI itself (exit status 2)."""
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+
+def _human(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def front_table(trials: Sequence[FrozenTrial]) -> str:
+    """Seed 003's columns for each trial, one row each."""
+    head = (
+        f"{'trial':>5}  {'val_acc':>7}  {'train_acc':>9}  {'val_loss':>8}  {'train_loss':>10}  "
+        f"{'params':>8}  {'MACs':>8}  {'ratio':>9}  {'secs':>6}  architecture"
+    )
+    rows = [head]
+    for t in trials:
+        a = t.user_attrs
+        spec = trial_spec(t)
+        rows.append(
+            f"{t.number:>5}  {a.get('val_acc', float('nan')):>7.4f}  "
+            f"{a.get('train_acc', float('nan')):>9.4f}  {a.get('val_loss', float('nan')):>8.4f}  "
+            f"{a.get('train_loss', float('nan')):>10.4f}  {_human(a.get('params', 0)):>8}  "
+            f"{_human(a.get('macs', 0)):>8}  {a.get('ratio', float('nan')):>9.3e}  "
+            f"{a.get('seconds', float('nan')):>6.1f}  {spec.summary() if spec else '?'}"
+        )
+    return "\n".join(rows)
+
+
+def _state_line(study: optuna.Study) -> str:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials"
+
+
+def _print_front(study: optuna.Study, out: TextIO) -> None:
+    front = pareto_front(study)
+    names = study.metric_names or ["val_acc", "complexity"]
+    print(
+        f"\nPareto front of study {study.study_name!r} ({names[0]} up, {names[1]} down): "
+        f"{len(front)} trial(s); {_state_line(study)}",
+        file=out,
+    )
+    if front:
+        print(front_table(front), file=out)
+
+
+def _look_further(cfg: StudyConfig, config_arg: str | None, mlflow_uri: str, out: TextIO) -> None:
+    cfg_flag = f" --config {config_arg}" if config_arg else ""
+    name = cfg.study.name
+    print(
+        "\nLook further:\n"
+        f"  cnnas study status {name}{cfg_flag}      # trials and the front\n"
+        f"  cnnas dashboard {name}{cfg_flag}         # optuna-dashboard on 127.0.0.1:8080\n"
+        f"  mlflow ui --backend-store-uri {mlflow_uri} --port 5000   # runs, curves, specs",
+        file=out,
+    )
+
+
+class _Progress:
+    """One line per finished trial; per-epoch lines too when the output is a terminal."""
+
+    def __init__(self, total: int, out: TextIO, verbose: bool) -> None:
+        self.total, self.out, self.verbose = total, out, verbose
+        self.epochs = 0
+
+    def epoch(self, epoch: int, values: dict[str, float]) -> None:
+        if self.verbose:
+            print(
+                f"        epoch {epoch + 1:>3}  train_loss {values.get('train_loss', 0):.4f}  "
+                f"val_acc {values.get('val_acc', 0):.4f}  ({values.get('epoch_seconds', 0):.1f}s)",
+                file=self.out,
+                flush=True,
+            )
+
+    def trial(self, run: StudyRun, trial: FrozenTrial) -> None:
+        done = run.finished_count()
+        front = pareto_front(run.study)
+        best = max(front, key=lambda t: t.values[0]) if front else None
+        if trial.state == TrialState.COMPLETE:
+            a = trial.user_attrs
+            what = (
+                f"val_acc {a['val_acc']:.4f}  params {_human(a['params']):>7}  "
+                f"MACs {_human(a['macs']):>7}  {a['seconds']:6.1f}s"
+            )
+        else:
+            reason = trial.user_attrs.get("fail_reason", "")
+            what = f"{trial.state.name}" + (f": {reason.splitlines()[-1][:120]}" if reason else "")
+        best_text = (
+            f"  | front {len(front)}, best {best.values[0]:.4f} @ {_human(best.values[1])}"
+            if best
+            else ""
+        )
+        print(
+            f"[{done:>3}/{self.total}] trial {trial.number:<4} {what}{best_text}",
+            file=self.out,
+            flush=True,
+        )
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _load_cfg(args: argparse.Namespace) -> StudyConfig:
+    cfg = load_config(args.config)
+    if getattr(args, "project_dir", None):
+        cfg = cfg.replace("study", project_dir=args.project_dir)
+    return cfg
+
+
+def cmd_study_start(args: argparse.Namespace) -> int:
+    cfg = replace_cfg(_load_cfg(args), name=args.name, trials=args.trials, timeout=args.timeout)
+    run = prepare(cfg, data_dir=args.data_dir)  # raises on bad input; nothing written yet
+    cfg = run.cfg
+    out = sys.stdout
+    run.open()
+    done = run.finished_count()
+    data = run.data
+    print(
+        f"study {cfg.study.name!r}: {done} of {cfg.study.trials} trials done; "
+        f"dataset {data.name} {data.input_shape}, {len(data.train_y)} train / "
+        f"{len(data.val_y)} validation images; storage {storage_location(cfg)}; "
+        f"MLflow {run.tracker.uri} (parent run {run.parent_run_id})",
+        file=out,
+        flush=True,
+    )
+    progress = _Progress(cfg.study.trials, out, verbose=args.verbose or out.isatty())
+    failing = None
+    try:
+        run_study(run, on_trial=progress.trial, on_epoch=progress.epoch)
+    except StudyFailing as e:
+        failing = e
+    except KeyboardInterrupt:
+        print("\ninterrupted: the study is saved; run the same command to resume", file=out)
+        return 130
+    _print_front(run.study, out)
+    _look_further(cfg, args.config, run.tracker.uri, out)
+    if failing is not None:
+        print(f"\nerror: {failing}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _existing_storage(cfg: StudyConfig) -> str | optuna.storages.BaseStorage:
+    """The study storage, refusing to create a journal file where there is none."""
+    location = storage_location(cfg)
+    if not cfg.study.storage and not Path(location).is_file():
+        raise UsageError(f"no study storage at {location} (study.project_dir); start a study first")
+    return open_storage(cfg)
+
+
+def _existing_study(cfg: StudyConfig, name: str) -> optuna.Study:
+    location = storage_location(cfg)
+    storage = _existing_storage(cfg)
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        raise UsageError(f"no study named {name!r} in {location}; studies there: {sorted(names)}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def cmd_study_status(args: argparse.Namespace) -> int:
+    cfg = _load_cfg(args)
+    study = _existing_study(cfg, args.name)
+    _print_front(study, sys.stdout)
+    if args.all:
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        print("\nAll complete trials:", file=sys.stdout)
+        print(front_table(sorted(done, key=lambda t: t.number)), file=sys.stdout)
+    mlflow_uri = tracking_uri(load_mlflow_config(cfg.mlflow), Path(cfg.study.project_dir))
+    _look_further(cfg.replace("study", name=args.name), args.config, mlflow_uri, sys.stdout)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    cfg = _load_cfg(args)
+    storage = _existing_storage(cfg)
+    path = "/dashboard"
+    if args.name:
+        study = _existing_study(cfg, args.name)
+        path += f"/studies/{study._storage.get_study_id_from_name(args.name)}"
+    if args.host not in LOCAL_HOSTS:
+        print(
+            f"warning: optuna-dashboard has no authentication; binding to {args.host} lets "
+            "anyone who can reach this machine read and edit the studies",
+            file=sys.stderr,
+        )
+    print(f"optuna-dashboard at http://{args.host}:{args.port}{path} (Ctrl-C to stop)", flush=True)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_spec_check(args: argparse.Namespace) -> int:
+    try:
+        text = Path(args.file).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read {args.file}: {e.strerror}") from None
+    spec = ArchSpec.from_json(text)
+    print(f"{'layer':<22} {'output':<16} {'params':>10} {'MACs':>12}")
+    for layer in infer_shapes(spec):
+        shape = "x".join(map(str, layer.out_shape))
+        print(f"{layer.name:<22} {shape:<16} {layer.params:>10,} {layer.macs:>12,}")
+    print(f"total: {count_params(spec):,} parameters, {count_macs(spec):,} MACs per image")
+    print(f"spec hash {spec.spec_hash()}: {spec.summary()}")
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cnnas",
+        description="Multi-objective architecture search for image-classification CNNs.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    study = sub.add_parser("study", help="start, resume or inspect a study")
+    study_sub = study.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+
+    start = study_sub.add_parser("start", help="create a study, or resume it, and run its trials")
+    start.add_argument("--config", help="study config (YAML); default: built-in defaults")
+    start.add_argument("--name", help="study name (overrides study.name)")
+    start.add_argument("--trials", type=int, help="trials in total (overrides study.trials)")
+    start.add_argument("--timeout", type=float, help="seconds before no new trial starts")
+    start.add_argument("--data-dir", help="folder of the dataset files (overrides data.data_dir)")
+    start.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
+    start.add_argument("-v", "--verbose", action="store_true", help="print every epoch")
+    start.set_defaults(func=cmd_study_start)
+
+    status = study_sub.add_parser("status", help="a study's trials and Pareto front")
+    status.add_argument("name", help="study name")
+    status.add_argument("--config", help="the study's config (for its storage)")
+    status.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
+    status.add_argument("--all", action="store_true", help="also list every complete trial")
+    status.set_defaults(func=cmd_study_status)
+
+    dash = sub.add_parser("dashboard", help="optuna-dashboard on the study storage")
+    dash.add_argument("name", nargs="?", help="study to open (default: the list of studies)")
+    dash.add_argument("--config", help="the study's config (for its storage)")
+    dash.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
+    dash.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    dash.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    dash.set_defaults(func=cmd_dashboard)
+
+    spec = sub.add_parser("spec", help="architecture specs")
+    spec_sub = spec.add_subparsers(dest="spec_command", required=True, metavar="ACTION")
+    check = spec_sub.add_parser("check", help="validate a spec.json; print shapes, params, MACs")
+    check.add_argument("file", help="path of a spec.json")
+    check.set_defaults(func=cmd_spec_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Optuna announces every trial and MLflow every schema migration at INFO; the CLI prints its
+    # own progress, one line a trial.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, SpecError, StudyMismatch, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
