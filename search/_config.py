@@ -8,6 +8,7 @@ YAML is read with ``yaml.safe_load``, so no tag can build a Python object.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -215,6 +216,9 @@ def _check_scalar(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        # NaN compares false with every bound, so it would slip through the range check.
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         value = float(value)
     elif tp is str:
         if not isinstance(value, str):
@@ -271,7 +275,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}expected a mapping of keys, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    # str(): YAML reads a bare `yes` as True, and mixed key types do not sort.
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(f"{key}: unknown key; allowed here: {', '.join(fields)}")
@@ -290,13 +295,28 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except OSError as e:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+        raise ConfigError(f"{path}: malformed YAML: {_yaml_problem(e)}") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """The parser's complaint with line numbers: where the construct began and where it broke."""
+
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    problem, problem_mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    parts = []
+    if context and context_mark:
+        parts.append(f"{context} at {at(context_mark)}")
+    if problem:
+        parts.append(f"{problem}" + (f" at {at(problem_mark)}" if problem_mark else ""))
+    return "; ".join(parts) or str(e)
 
 
 def load_config(path: str | os.PathLike | None) -> StudyConfig:

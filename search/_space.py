@@ -9,6 +9,7 @@ parameter that cannot vary.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -48,7 +49,7 @@ def _float(trial: optuna.Trial, name: str, bounds: tuple[float, float]) -> float
     lo, hi = bounds
     if hi - lo < DROPOUT_STEP:
         return lo
-    hi = lo + DROPOUT_STEP * round((hi - lo) / DROPOUT_STEP)
+    hi = round(lo + DROPOUT_STEP * math.floor((hi - lo) / DROPOUT_STEP + 1e-9), 6)
     return round(trial.suggest_float(name, lo, hi, step=DROPOUT_STEP), 4)
 
 

@@ -188,17 +188,29 @@ def cmd_study_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _existing_storage(cfg: StudyConfig) -> str | optuna.storages.BaseStorage:
+def _existing_storage(
+    cfg: StudyConfig, name: str | None = None
+) -> str | optuna.storages.BaseStorage:
     """The study storage, refusing to create a journal file where there is none."""
     location = storage_location(cfg)
-    if not cfg.study.storage and not Path(location).is_file():
-        raise UsageError(f"no study storage at {location} (study.project_dir); start a study first")
+    url = cfg.study.storage
+    # Opening a missing journal file or SQLite database would create it.
+    path = (
+        location
+        if not url
+        else url.removeprefix("sqlite:///")
+        if url.startswith("sqlite:///")
+        else None
+    )
+    if path is not None and not Path(path).is_file():
+        study = f"no study named {name!r}: " if name else ""
+        raise UsageError(f"{study}no study storage at {location}; start a study first")
     return open_storage(cfg)
 
 
 def _existing_study(cfg: StudyConfig, name: str) -> optuna.Study:
     location = storage_location(cfg)
-    storage = _existing_storage(cfg)
+    storage = _existing_storage(cfg, name)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         raise UsageError(f"no study named {name!r} in {location}; studies there: {sorted(names)}")
@@ -243,6 +255,8 @@ def cmd_spec_check(args: argparse.Namespace) -> int:
         text = Path(args.file).read_text()
     except OSError as e:
         raise UsageError(f"cannot read {args.file}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.file} is not UTF-8 text (a spec is JSON)") from None
     spec = ArchSpec.from_json(text)
     print(f"{'layer':<22} {'output':<16} {'params':>10} {'MACs':>12}")
     for layer in infer_shapes(spec):
