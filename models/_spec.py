@@ -42,7 +42,11 @@ class SpecError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        # Both arguments in args, so pickle and copy rebuild it (errors cross process boundaries).
+        super().__init__(path, message)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
 
     def under(self, prefix: str) -> SpecError:
         """The same error with ``prefix`` in front of its path, for errors raised by a child."""
@@ -84,7 +88,7 @@ def _from_dict(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise SpecError(path, f"must be a mapping, got {type(data).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(set(data) - set(names), key=str)
     if unknown:
         raise SpecError(path, f"unknown key(s) {unknown}; allowed: {names}")
     required = [
@@ -115,7 +119,8 @@ class ConvBlock:
     filters: int
     # Square kernel size. Odd, so that 'same' padding is symmetric.
     kernel: int = 3
-    # Convolutions in a row before the pooling (seed 002: "two consecutive conv layers then a pool").
+    # Convolutions in a row before the pooling
+    # (seed 002: "two consecutive conv layers then a pool").
     convs: int = 1
     # 'same' keeps H x W; 'valid' shrinks each side by kernel-1 (seed 002's [(N-K+2P)/S]+1 rule).
     padding: str = "same"

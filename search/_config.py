@@ -74,11 +74,13 @@ class StudySection:
     )
     project_dir: str = _opt(
         "cnnas-runs",
-        "Folder of the local stores (Optuna journal, MLflow database and artifacts), relative to the working directory.",
+        "Folder of the local stores (Optuna journal, MLflow database and artifacts), "
+        "relative to the working directory.",
     )
     storage: str | None = _opt(
         None,
-        "Optuna storage URL (sqlite:///..., postgresql://...); null: a journal file in project_dir.",
+        "Optuna storage URL (sqlite:///..., postgresql://...); "
+        "null: a journal file in project_dir.",
     )
     max_failures: int = _opt(
         3, "Stop the study after this many failed trials in a row.", lo=1, hi=1000
@@ -172,7 +174,8 @@ class StudyConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     mlflow: str | None = _opt(
         None,
-        "Path of mlflow.yml (relative to this file); null: ./mlflow.yml if present, else the built-in defaults.",
+        "Path of mlflow.yml (relative to this file); "
+        "null: ./mlflow.yml if present, else the built-in defaults.",
     )
 
     def replace(self, section: str, **changes: Any) -> StudyConfig:
@@ -220,9 +223,8 @@ def _check_scalar(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
         if not math.isfinite(value):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         value = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    elif tp is str and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]"

@@ -144,7 +144,7 @@ def test_repeated_failures_stop_the_study_with_a_message(tmp_path, monkeypatch) 
     monkeypatch.setattr(study_module, "fit", broken)
     cfg = load_config(write_config(tmp_path, study={"trials": 10, "max_failures": 2}))
     run = prepare(cfg)
-    with pytest.raises(StudyFailing, match="2 trials failed in a row.*simulated training crash"):
+    with pytest.raises(StudyFailing, match=r"2 trials failed in a row.*simulated training crash"):
         run_study(run)
     study = run.study
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
@@ -161,5 +161,5 @@ def test_a_changed_complexity_objective_is_refused(tmp_path) -> None:
     run = prepare(load_config(write_config(tmp_path, study={"trials": 1})))
     run_study(run)
     other = prepare(load_config(write_config(tmp_path, study={"complexity": "macs"})))
-    with pytest.raises(StudyMismatch, match="study.complexity"):
+    with pytest.raises(StudyMismatch, match=r"study\.complexity"):
         other.open()

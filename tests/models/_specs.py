@@ -1,0 +1,187 @@
+"""Spec generators shared by the tests of ``models``: a seeded random generator and an option grid.
+
+Plain functions, not fixtures, because the specs parametrise tests at collection time. Imported as
+``_specs`` (pytest puts this directory on ``sys.path``; there is no ``__init__.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import Any
+
+from models import (
+    ACTIVATIONS,
+    AGGREGATIONS,
+    PADDINGS,
+    POOLS,
+    ArchSpec,
+    ConvBlock,
+    DenseLayer,
+    SpecError,
+)
+
+# Input shapes of the random specs: greyscale and colour, square and not, and a tiny one on which
+# pooling and 'valid' padding collapse often.
+RANDOM_INPUT_SHAPES = ((1, 28, 28), (3, 32, 32), (3, 64, 48), (1, 8, 8))
+# Input shapes of the option grid.
+GRID_INPUT_SHAPES = ((1, 28, 28), (3, 32, 32), (3, 64, 64))
+
+N_RANDOM = 200
+RANDOM_SEED = 20240611
+
+
+def _dropout(rng: random.Random) -> float:
+    # Half the time no dropout; otherwise an arbitrary float, so the JSON round trip sees values
+    # such as 0.1234567890123 rather than only tidy decimals.
+    return 0.0 if rng.random() < 0.5 else rng.choice([0.3, rng.random() * 0.95])
+
+
+def random_block(rng: random.Random) -> dict[str, Any]:
+    """A random conv block as a dict, covering every field."""
+    return {
+        "filters": rng.randint(1, 12),
+        "kernel": rng.choice([1, 3, 3, 5, 7, 9]),
+        "convs": rng.randint(1, 3),
+        "padding": rng.choice(PADDINGS),
+        "batch_norm": rng.random() < 0.5,
+        "activation": rng.choice(ACTIVATIONS),
+        "pool": rng.choice(POOLS),
+        "dropout": _dropout(rng),
+    }
+
+
+def random_dense(rng: random.Random) -> dict[str, Any]:
+    """A random dense layer as a dict, covering every field."""
+    return {
+        "width": rng.randint(1, 32),
+        "activation": rng.choice(ACTIVATIONS),
+        "dropout": _dropout(rng),
+    }
+
+
+def random_spec_dict(rng: random.Random) -> dict[str, Any]:
+    """A random spec as a dict; it may describe a network whose feature map collapses."""
+    return {
+        "input_shape": list(rng.choice(RANDOM_INPUT_SHAPES)),
+        "num_classes": rng.randint(2, 12),
+        "blocks": [random_block(rng) for _ in range(rng.randint(1, 4))],
+        "aggregation": rng.choice(AGGREGATIONS),
+        "dense": [random_dense(rng) for _ in range(rng.randint(0, 3))],
+    }
+
+
+def make_spec(data: dict[str, Any], rng: random.Random) -> ArchSpec:
+    """Builds ``data`` either through ``from_dict`` or through the constructors, at random."""
+    if rng.random() < 0.5:
+        return ArchSpec.from_dict(data)
+    seq = rng.choice([list, tuple])
+    return ArchSpec(
+        input_shape=seq(data["input_shape"]),
+        num_classes=data["num_classes"],
+        blocks=seq(ConvBlock(**b) for b in data["blocks"]),
+        aggregation=data["aggregation"],
+        dense=seq(DenseLayer(**d) for d in data["dense"]),
+    )
+
+
+@functools.cache
+def random_specs(n: int = N_RANDOM, seed: int = RANDOM_SEED) -> tuple[tuple[ArchSpec, ...], int]:
+    """``n`` random candidates: the valid specs among them, and how many collapsed.
+
+    Only a collapsing feature map may make a candidate invalid; any other ``SpecError`` means the
+    generator (or the validation) is wrong, so it propagates.
+    """
+    rng = random.Random(seed)
+    valid, collapsed = [], 0
+    for _ in range(n):
+        data = random_spec_dict(rng)
+        try:
+            valid.append(make_spec(data, rng))
+        except SpecError as e:
+            if "collapses" not in e.message:
+                raise
+            collapsed += 1
+    return tuple(valid), collapsed
+
+
+def random_params() -> list[Any]:
+    """The valid random specs as ``pytest.param``s with readable ids."""
+    import pytest
+
+    specs, _ = random_specs()
+    return [pytest.param(s, id=f"rand{i:03d}") for i, s in enumerate(specs)]
+
+
+# --- the option grid ---------------------------------------------------------------------------
+
+# Every value of every option. Each grid spec changes one option of ``_base`` (applied to every
+# block or dense layer it concerns), so a failure names the option that broke.
+OPTIONS: dict[str, tuple[Any, ...]] = {
+    "activation": ACTIVATIONS,
+    "pool": POOLS,
+    "padding": PADDINGS,
+    "aggregation": AGGREGATIONS,
+    "batch_norm": (False, True),
+    "convs": (1, 2, 3),
+    "kernel": (1, 3, 5, 7),
+    "dropout": (0.0, 0.3),
+    "dense": (0, 1, 2),
+}
+
+
+def _base(input_shape: tuple[int, int, int], **opts: Any) -> ArchSpec:
+    block = {
+        "kernel": opts.get("kernel", 3),
+        "convs": opts.get("convs", 1),
+        "padding": opts.get("padding", "same"),
+        "batch_norm": opts.get("batch_norm", False),
+        "activation": opts.get("activation", "relu"),
+        "pool": opts.get("pool", "max"),
+        "dropout": opts.get("dropout", 0.0),
+    }
+    dense = DenseLayer(
+        width=12, activation=opts.get("activation", "relu"), dropout=opts.get("dropout", 0.0)
+    )
+    return ArchSpec(
+        input_shape=input_shape,
+        num_classes=10,
+        blocks=(ConvBlock(filters=4, **block), ConvBlock(filters=8, **block)),
+        aggregation=opts.get("aggregation", "flatten"),
+        dense=(dense,) * opts.get("dense", 1),
+    )
+
+
+# Combinations of several options at once, including the ones that shrink the map the most.
+_COMBOS: dict[str, dict[str, Any]] = {
+    "all-on": {
+        "batch_norm": True,
+        "convs": 3,
+        "kernel": 5,
+        "dropout": 0.3,
+        "dense": 2,
+        "aggregation": "gap",
+        "activation": "gelu",
+    },
+    "valid-k5-convs2-avg": {"padding": "valid", "kernel": 5, "convs": 2, "pool": "avg"},
+    "valid-k5-bn-nopool": {"padding": "valid", "kernel": 5, "batch_norm": True, "pool": "none"},
+}
+
+
+def grid_specs() -> list[tuple[str, ArchSpec]]:
+    """(id, spec) for every option value on every grid input shape, plus a few combinations."""
+    out = []
+    for shape in GRID_INPUT_SHAPES:
+        sid = "x".join(map(str, shape))
+        for name, values in OPTIONS.items():
+            for value in values:
+                out.append((f"{name}={value}-{sid}", _base(shape, **{name: value})))
+        for name, opts in _COMBOS.items():
+            out.append((f"{name}-{sid}", _base(shape, **opts)))
+    return out
+
+
+def grid_params() -> list[Any]:
+    import pytest
+
+    return [pytest.param(spec, id=sid) for sid, spec in grid_specs()]

@@ -1,0 +1,445 @@
+"""Tests for models._spec: JSON round trip, validation errors that name the field, identity."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import pickle
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from models import (
+    ACTIVATIONS,
+    AGGREGATIONS,
+    PADDINGS,
+    POOLS,
+    ArchSpec,
+    ConvBlock,
+    DenseLayer,
+    SpecError,
+)
+from tests.models._specs import grid_specs, random_params, random_specs
+
+
+def small_spec(**changes: Any) -> ArchSpec:
+    fields = {
+        "input_shape": (1, 28, 28),
+        "num_classes": 10,
+        "blocks": (ConvBlock(8, pool="max"), ConvBlock(16, kernel=5, pool="max")),
+        "aggregation": "flatten",
+        "dense": (DenseLayer(32),),
+    }
+    fields.update(changes)
+    return ArchSpec(**fields)
+
+
+def small_dict(**changes: Any) -> dict[str, Any]:
+    d = small_spec().to_dict()
+    d.update(changes)
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# round trip
+# --------------------------------------------------------------------------------------------
+
+
+def test_random_generator_yields_enough_valid_specs():
+    specs, collapsed = random_specs()
+    assert len(specs) >= 100, f"only {len(specs)} valid, {collapsed} collapsed"
+    # Every option value occurs among the valid specs, so the round trip covers them all.
+    blocks = [b for s in specs for b in s.blocks]
+    dense = [d for s in specs for d in s.dense]
+    assert {b.activation for b in blocks} == set(ACTIVATIONS)
+    assert {d.activation for d in dense} == set(ACTIVATIONS)
+    assert {b.pool for b in blocks} == set(POOLS)
+    assert {b.padding for b in blocks} == set(PADDINGS)
+    assert {s.aggregation for s in specs} == set(AGGREGATIONS)
+    assert {b.batch_norm for b in blocks} == {False, True}
+    assert {b.convs for b in blocks} == {1, 2, 3}
+    assert {len(s.dense) for s in specs} == {0, 1, 2, 3}
+    assert {len(s.blocks) for s in specs} >= {1, 2, 3}
+    assert any(b.dropout > 0 for b in blocks)
+    assert any(d.dropout > 0 for d in dense)
+
+
+@pytest.mark.parametrize("spec", random_params())
+def test_round_trip_random(spec: ArchSpec):
+    assert ArchSpec.from_dict(spec.to_dict()) == spec
+    assert ArchSpec.from_json(spec.to_json()) == spec
+    assert ArchSpec.from_json(spec.to_json(indent=None)) == spec
+    assert ArchSpec.from_dict(json.loads(spec.to_json())) == spec
+
+
+@pytest.mark.parametrize("spec", [s for _, s in grid_specs()])
+def test_round_trip_grid(spec: ArchSpec):
+    assert ArchSpec.from_dict(spec.to_dict()) == spec
+    assert ArchSpec.from_json(spec.to_json()) == spec
+
+
+def _assert_plain_json(value: Any, where: str = "$") -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert isinstance(k, str), f"{where}: key {k!r}"
+            _assert_plain_json(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _assert_plain_json(v, f"{where}[{i}]")
+    else:
+        assert value is None or type(value) in (str, int, float, bool), f"{where}: {value!r}"
+        if isinstance(value, float):
+            assert math.isfinite(value), where
+
+
+def test_json_is_plain_types():
+    for spec in random_specs()[0][:50]:
+        data = json.loads(spec.to_json())
+        _assert_plain_json(data)
+        assert set(data) == {f.name for f in dataclasses.fields(ArchSpec)}
+        assert data["input_shape"] == list(spec.input_shape)
+        for b in data["blocks"]:
+            assert set(b) == {f.name for f in dataclasses.fields(ConvBlock)}
+            assert type(b["dropout"]) is float
+        for d in data["dense"]:
+            assert set(d) == {f.name for f in dataclasses.fields(DenseLayer)}
+
+
+def test_to_dict_is_plain_and_equals_its_json_round_trip():
+    for spec in random_specs()[0][:50]:
+        d = spec.to_dict()
+        _assert_plain_json(d)
+        assert d == json.loads(spec.to_json())
+        assert d == json.loads(json.dumps(d))
+
+
+def test_from_dict_does_not_mutate_its_input():
+    data = small_dict(blocks=[{"filters": 8, "pool": "max"}], dense=[{"width": 4}])
+    before = copy.deepcopy(data)
+    ArchSpec.from_dict(data)
+    assert data == before
+
+
+def test_lists_become_tuples():
+    spec = ArchSpec(
+        input_shape=[3, 32, 32],
+        num_classes=5,
+        blocks=[ConvBlock(4), {"filters": 8, "pool": "avg"}],
+        dense=[DenseLayer(7), {"width": 3}],
+    )
+    assert spec.input_shape == (3, 32, 32) and type(spec.input_shape) is tuple
+    assert type(spec.blocks) is tuple and type(spec.dense) is tuple
+    assert all(isinstance(b, ConvBlock) for b in spec.blocks)
+    assert all(isinstance(d, DenseLayer) for d in spec.dense)
+    assert spec.blocks[1] == ConvBlock(8, pool="avg")
+    # Tuples all the way down, so the frozen spec is hashable and can key a dict.
+    assert {spec: 1}[spec] == 1
+    expected = ArchSpec(
+        (3, 32, 32),
+        5,
+        (ConvBlock(4), ConvBlock(8, pool="avg")),
+        dense=(DenseLayer(7), DenseLayer(3)),
+    )
+    assert spec == expected
+
+
+def test_dropout_is_normalised_to_float():
+    assert ConvBlock(4, dropout=0) == ConvBlock(4, dropout=0.0)
+    assert type(ConvBlock(4, dropout=0).dropout) is float
+    assert type(DenseLayer(4, dropout=0).dropout) is float
+
+
+def test_specs_are_frozen():
+    spec = small_spec()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.num_classes = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.blocks[0].filters = 3  # type: ignore[misc]
+
+
+def test_defaults():
+    b = ConvBlock(8)
+    got = (b.kernel, b.convs, b.padding, b.batch_norm, b.activation, b.pool, b.dropout)
+    assert got == (3, 1, "same", False, "relu", "none", 0.0)
+    d = DenseLayer(8)
+    assert (d.activation, d.dropout) == ("relu", 0.0)
+    s = ArchSpec((1, 8, 8), 2, (b,))
+    assert s.aggregation == "flatten" and s.dense == ()
+    # Defaults may be left out of a dict.
+    data = {"input_shape": [1, 8, 8], "num_classes": 2, "blocks": [{"filters": 8}]}
+    assert ArchSpec.from_dict(data) == s
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+
+# (id, thunk, expected path, substrings the message must contain)
+# fmt: off
+_ERRORS: list[tuple[str, Callable[[], Any], str, tuple[str, ...]]] = [
+    ("filters=0", lambda: ConvBlock(filters=0), "filters", ("1..",)),
+    ("filters=-3", lambda: ConvBlock(filters=-3), "filters", ()),
+    ("filters=True", lambda: ConvBlock(filters=True), "filters", ("True",)),
+    ("filters=8.0", lambda: ConvBlock(filters=8.0), "filters", ("integer",)),
+    ("filters='8'", lambda: ConvBlock(filters="8"), "filters", ()),
+    ("filters=huge", lambda: ConvBlock(filters=10**9), "filters", ()),
+    ("kernel=4", lambda: ConvBlock(8, kernel=4), "kernel", ("odd",)),
+    ("kernel=2", lambda: ConvBlock(8, kernel=2), "kernel", ("odd",)),
+    ("kernel=0", lambda: ConvBlock(8, kernel=0), "kernel", ()),
+    ("kernel=17", lambda: ConvBlock(8, kernel=17), "kernel", ()),
+    ("kernel=True", lambda: ConvBlock(8, kernel=True), "kernel", ()),
+    ("convs=0", lambda: ConvBlock(8, convs=0), "convs", ()),
+    ("convs=1.5", lambda: ConvBlock(8, convs=1.5), "convs", ()),
+    ("padding", lambda: ConvBlock(8, padding="full"), "padding", ("'full'", *PADDINGS)),
+    ("batch_norm=1", lambda: ConvBlock(8, batch_norm=1), "batch_norm", ()),
+    ("batch_norm='yes'", lambda: ConvBlock(8, batch_norm="yes"), "batch_norm", ()),
+    ("activation", lambda: ConvBlock(8, activation="swish"), "activation",
+     ("'swish'", *ACTIVATIONS)),
+    ("activation=None", lambda: ConvBlock(8, activation=None), "activation", ACTIVATIONS),
+    ("pool", lambda: ConvBlock(8, pool="min"), "pool", ("'min'", *POOLS)),
+    ("dropout=1.0", lambda: ConvBlock(8, dropout=1.0), "dropout", ("[0, 1)",)),
+    ("dropout=-0.1", lambda: ConvBlock(8, dropout=-0.1), "dropout", ("[0, 1)",)),
+    ("dropout=nan", lambda: ConvBlock(8, dropout=float("nan")), "dropout", ()),
+    ("dropout=True", lambda: ConvBlock(8, dropout=True), "dropout", ()),
+    ("dropout='0.1'", lambda: ConvBlock(8, dropout="0.1"), "dropout", ()),
+    ("dense.width=0", lambda: DenseLayer(0), "width", ()),
+    ("dense.width=True", lambda: DenseLayer(True), "width", ()),
+    ("dense.activation", lambda: DenseLayer(8, activation="soft"), "activation", ACTIVATIONS),
+    ("dense.dropout=1.0", lambda: DenseLayer(8, dropout=1.0), "dropout", ()),
+    ("num_classes=1", lambda: small_spec(num_classes=1), "num_classes", ()),
+    ("num_classes=0", lambda: small_spec(num_classes=0), "num_classes", ()),
+    ("num_classes=True", lambda: small_spec(num_classes=True), "num_classes", ()),
+    ("num_classes=10.0", lambda: small_spec(num_classes=10.0), "num_classes", ()),
+    ("input_shape=2d", lambda: small_spec(input_shape=(28, 28)), "input_shape", ("(28, 28)",)),
+    ("input_shape=4d", lambda: small_spec(input_shape=(1, 1, 28, 28)), "input_shape", ()),
+    ("input_shape=str", lambda: small_spec(input_shape="1x28x28"), "input_shape", ()),
+    ("input_shape=int", lambda: small_spec(input_shape=28), "input_shape", ()),
+    ("input_shape[0]=0", lambda: small_spec(input_shape=(0, 28, 28)), "input_shape[0]", ()),
+    ("input_shape[2]=bool", lambda: small_spec(input_shape=(1, 28, True)), "input_shape[2]", ()),
+    ("blocks=()", lambda: small_spec(blocks=()), "blocks", ("at least one",)),
+    ("blocks=[]", lambda: small_spec(blocks=[]), "blocks", ("at least one",)),
+    ("blocks=block", lambda: small_spec(blocks=ConvBlock(8)), "blocks", ("list",)),
+    ("blocks[0]=int", lambda: small_spec(blocks=[5]), "blocks[0]", ("mapping",)),
+    ("blocks[0]=dense", lambda: small_spec(blocks=[DenseLayer(4)]), "blocks[0]", ("mapping",)),
+    ("dense=layer", lambda: small_spec(dense=DenseLayer(4)), "dense", ("list",)),
+    ("aggregation", lambda: small_spec(aggregation="concat"), "aggregation",
+     ("'concat'", *AGGREGATIONS)),
+    # Nested paths through from_dict.
+    ("from_dict blocks[1].kernel",
+     lambda: ArchSpec.from_dict(small_dict(blocks=[{"filters": 8}, {"filters": 8, "kernel": 4}])),
+     "blocks[1].kernel", ("odd",)),
+    ("from_dict blocks[0].filters",
+     lambda: ArchSpec.from_dict(small_dict(blocks=[{"filters": 0}])), "blocks[0].filters", ()),
+    ("from_dict blocks[2].pool",
+     lambda: ArchSpec.from_dict(small_dict(blocks=[{"filters": 1}] * 2 + [{"filters": 1,
+                                                                            "pool": "x"}])),
+     "blocks[2].pool", POOLS),
+    ("from_dict dense[0].width",
+     lambda: ArchSpec.from_dict(small_dict(dense=[{"width": 0}])), "dense[0].width", ()),
+    ("from_dict dense[1].dropout",
+     lambda: ArchSpec.from_dict(small_dict(dense=[{"width": 3}, {"width": 3, "dropout": 2}])),
+     "dense[1].dropout", ()),
+    ("from_dict dense[0].activation",
+     lambda: ArchSpec.from_dict(small_dict(dense=[{"width": 3, "activation": "RELU"}])),
+     "dense[0].activation", ACTIVATIONS),
+    ("constructor blocks[1].kernel",
+     lambda: small_spec(blocks=[{"filters": 8}, {"filters": 8, "kernel": 6}]),
+     "blocks[1].kernel", ("odd",)),
+    # Unknown and missing keys.
+    ("unknown key kernal",
+     lambda: ArchSpec.from_dict(small_dict(blocks=[{"filters": 8, "kernal": 3}])),
+     "blocks[0]", ("kernal", "allowed", "kernel", "filters", "padding")),
+    ("unknown key in dense",
+     lambda: ArchSpec.from_dict(small_dict(dense=[{"width": 8, "units": 3}])),
+     "dense[0]", ("units", "allowed", "width")),
+    ("unknown top-level key",
+     lambda: ArchSpec.from_dict(small_dict(optimizer="adam")), "",
+     ("optimizer", "allowed", "blocks", "num_classes")),
+    ("missing filters",
+     lambda: ArchSpec.from_dict(small_dict(blocks=[{"kernel": 3}])), "blocks[0]", ("filters",)),
+    ("missing width",
+     lambda: ArchSpec.from_dict(small_dict(dense=[{"activation": "relu"}])), "dense[0]",
+     ("width",)),
+    ("missing num_classes",
+     lambda: ArchSpec.from_dict({"input_shape": [1, 8, 8], "blocks": [{"filters": 1}]}), "",
+     ("num_classes",)),
+    ("ConvBlock.from_dict unknown",
+     lambda: ConvBlock.from_dict({"filters": 8, "stride": 2}), "", ("stride",)),
+    ("from_dict non-mapping", lambda: ArchSpec.from_dict([1, 2]), "", ("mapping",)),
+    # JSON.
+    ("from_json invalid", lambda: ArchSpec.from_json("{not json"), "", ("JSON",)),
+    ("from_json empty", lambda: ArchSpec.from_json(""), "", ("JSON",)),
+    ("from_json list", lambda: ArchSpec.from_json("[1, 2, 3]"), "", ("mapping",)),
+    ("from_json nested",
+     lambda: ArchSpec.from_json(json.dumps(small_dict(blocks=[{"filters": 8, "kernel": 8}]))),
+     "blocks[0].kernel", ("odd",)),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("thunk", "path", "needles"),
+    [pytest.param(t, p, n, id=i) for i, t, p, n in _ERRORS],
+)
+def test_validation_error_names_the_field(
+    thunk: Callable[[], Any], path: str, needles: tuple[str, ...]
+):
+    with pytest.raises(SpecError) as info:
+        thunk()
+    e = info.value
+    assert e.path == path, str(e)
+    for needle in needles:
+        assert needle in e.message, f"{needle!r} not in {e.message!r}"
+    # str() leads with the path, so a log line says where the problem is.
+    assert str(e) == (f"{path}: {e.message}" if path else e.message)
+
+
+def test_spec_error_is_a_value_error():
+    assert issubclass(SpecError, ValueError)
+    with pytest.raises(ValueError):
+        ConvBlock(0)
+
+
+def test_spec_error_under_prefixes_paths():
+    e = SpecError("kernel", "bad")
+    assert e.under("blocks[1]").path == "blocks[1].kernel"
+    assert e.under("blocks[1]").message == "bad"
+    assert SpecError("", "bad").under("dense[0]").path == "dense[0]"
+
+
+def test_spec_error_pickles_and_copies():
+    e = SpecError("blocks[1].kernel", "must be odd")
+    for clone in (pickle.loads(pickle.dumps(e)), copy.copy(e)):
+        assert type(clone) is SpecError
+        assert (clone.path, clone.message, str(clone)) == (e.path, e.message, str(e))
+
+
+def test_from_dict_unknown_keys_of_mixed_types_raise_spec_error():
+    data = small_dict()
+    data.update({1: "one", "kernal": 3})
+    with pytest.raises(SpecError) as info:
+        ArchSpec.from_dict(data)
+    assert info.value.path == ""
+    assert "kernal" in info.value.message
+
+
+def test_unknown_key_message_lists_allowed_keys_in_order():
+    with pytest.raises(SpecError) as info:
+        ConvBlock.from_dict({"filters": 8, "kernal": 3})
+    allowed = [f.name for f in dataclasses.fields(ConvBlock)]
+    assert str(allowed) in info.value.message
+    assert "['kernal']" in info.value.message
+
+
+def test_boundary_values_are_valid():
+    ConvBlock(1, kernel=1, convs=1, dropout=0.0)
+    ConvBlock(1, kernel=15)
+    ConvBlock(1, dropout=0.999)
+    DenseLayer(1, dropout=0.5)
+    small_spec(num_classes=2)
+    ArchSpec((1, 1, 1), 2, (ConvBlock(1),))
+
+
+# --------------------------------------------------------------------------------------------
+# identity and summary
+# --------------------------------------------------------------------------------------------
+
+
+def test_spec_hash_is_16_hex_and_stable_across_round_trip():
+    for spec in random_specs()[0]:
+        h = spec.spec_hash()
+        assert re.fullmatch(r"[0-9a-f]{16}", h), h
+        assert ArchSpec.from_json(spec.to_json()).spec_hash() == h
+        assert ArchSpec.from_dict(spec.to_dict()).spec_hash() == h
+        assert spec.spec_hash() == h
+
+
+def test_spec_hash_is_a_constant_across_processes():
+    # sha256 of canonical JSON, not Python's salted hash(): pin one value.
+    spec = ArchSpec((1, 8, 8), 2, (ConvBlock(1),))
+    canonical = json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
+    import hashlib
+
+    assert spec.spec_hash() == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _mutations() -> list[tuple[str, ArchSpec]]:
+    """The base spec, and one spec per field with only that field changed."""
+    base = small_spec()
+    b0, d0 = base.blocks[0], base.dense[0]
+    block_changes = {
+        "filters": 9,
+        "kernel": 5,
+        "convs": 2,
+        "padding": "valid",
+        "batch_norm": True,
+        "activation": "gelu",
+        "pool": "avg",
+        "dropout": 0.25,
+    }
+    dense_changes = {"width": 33, "activation": "tanh", "dropout": 0.5}
+    assert set(block_changes) == {f.name for f in dataclasses.fields(ConvBlock)}
+    assert set(dense_changes) == {f.name for f in dataclasses.fields(DenseLayer)}
+    out = [("base", base)]
+    out += [("input_shape", small_spec(input_shape=(3, 28, 28)))]
+    out += [("input_shape.hw", small_spec(input_shape=(1, 28, 32)))]
+    out += [("num_classes", small_spec(num_classes=11))]
+    out += [("aggregation", small_spec(aggregation="gap"))]
+    out += [("blocks.len", small_spec(blocks=base.blocks[:1]))]
+    out += [("blocks.order", small_spec(blocks=base.blocks[::-1]))]
+    out += [("dense.len", small_spec(dense=()))]
+    for name, value in block_changes.items():
+        changed = dataclasses.replace(b0, **{name: value})
+        out.append((f"blocks[0].{name}", small_spec(blocks=(changed, *base.blocks[1:]))))
+    for name, value in dense_changes.items():
+        changed = dataclasses.replace(d0, **{name: value})
+        out.append((f"dense[0].{name}", small_spec(dense=(changed,))))
+    return out
+
+
+def test_spec_hash_differs_when_any_field_differs():
+    hashes = {}
+    for name, spec in _mutations():
+        h = spec.spec_hash()
+        assert h not in hashes, f"{name} has the same hash as {hashes.get(h)}"
+        hashes[h] = name
+
+
+def test_spec_hash_distinct_for_distinct_random_specs():
+    specs = set(random_specs()[0])
+    assert len({s.spec_hash() for s in specs}) == len(specs)
+
+
+def test_equality_follows_hash():
+    a, b = small_spec(), small_spec()
+    assert a == b and hash(a) == hash(b) and a.spec_hash() == b.spec_hash()
+    assert a != small_spec(num_classes=3)
+
+
+def test_summary_mentions_filters_and_aggregation():
+    spec = ArchSpec(
+        (1, 28, 28),
+        10,
+        (
+            ConvBlock(16, convs=2, batch_norm=True, pool="max"),
+            ConvBlock(32, kernel=5, padding="valid", dropout=0.25),
+        ),
+        aggregation="gap",
+        dense=(DenseLayer(128, dropout=0.5),),
+    )
+    s = spec.summary()
+    assert "\n" not in s
+    assert "16c3x2+bn>max" in s
+    assert "32c5v~0.25" in s
+    assert "gap" in s and "d128~0.5" in s
+    assert s.endswith("| 10")
+    assert "flatten" in small_spec().summary()
+    for spec in random_specs()[0]:
+        s = spec.summary()
+        assert spec.aggregation in s
+        for b in spec.blocks:
+            assert f"{b.filters}c{b.kernel}" in s
