@@ -147,20 +147,22 @@ class Classifier(pl.LightningModule):
         self._epoch_start = time.perf_counter()
 
     def on_validation_epoch_end(self) -> None:
+        # The whole epoch is recorded here: validation runs once the epoch's training steps are
+        # done, and this hook precedes every callback's on_train_epoch_end, so progress and
+        # pruning callbacks there see the epoch complete.
         if self.trainer.sanity_checking:
             return
+        train_loss, train_acc = self._epoch_means("train_")
         loss, acc = self._epoch_means("val_")
-        self.curves["val_loss"].append(loss)
-        self.curves["val_acc"].append(acc)
+        c = self.curves
+        c["train_loss"].append(train_loss)
+        c["train_acc"].append(train_acc)
+        c["val_loss"].append(loss)
+        c["val_acc"].append(acc)
+        c["lr"].append(float(self.optimizers().param_groups[0]["lr"]))
+        c["epoch_seconds"].append(time.perf_counter() - self._epoch_start)
         # Logged for the LR scheduler and for callbacks (pruning, progress): once per epoch.
         self.log_dict({"val_acc": acc, "val_loss": loss}, prog_bar=False, logger=False)
-
-    def on_train_epoch_end(self) -> None:
-        loss, acc = self._epoch_means("train_")
-        self.curves["train_loss"].append(loss)
-        self.curves["train_acc"].append(acc)
-        self.curves["lr"].append(float(self.optimizers().param_groups[0]["lr"]))
-        self.curves["epoch_seconds"].append(time.perf_counter() - self._epoch_start)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(

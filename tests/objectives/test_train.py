@@ -110,3 +110,20 @@ def test_training_never_reads_the_test_split(digits, monkeypatch) -> None:
     )
     dirty = fit(spec, poisoned, FAST)
     assert dirty.curves["val_loss"] == clean.curves["val_loss"]
+
+
+def test_callbacks_see_each_epoch_complete_at_its_end(digits) -> None:
+    """Progress and pruning callbacks read the epoch that just ended, not the one before."""
+    import pytorch_lightning as pl
+
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_epoch_end(self, trainer, module) -> None:
+            seen.append({k: list(v) for k, v in module.curves.items()})
+            assert trainer.callback_metrics["val_acc"] == module.curves["val_acc"][-1]
+
+    r = fit(small_spec(digits), digits, FAST, callbacks=[Spy()])
+    assert [len(s["train_loss"]) for s in seen] == [1, 2, 3]
+    assert [len(s["val_acc"]) for s in seen] == [1, 2, 3]
+    assert seen[-1]["train_loss"] == r.curves["train_loss"]

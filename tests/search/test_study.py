@@ -163,3 +163,30 @@ def test_a_changed_complexity_objective_is_refused(tmp_path) -> None:
     other = prepare(load_config(write_config(tmp_path, study={"complexity": "macs"})))
     with pytest.raises(StudyMismatch, match=r"study\.complexity"):
         other.open()
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_a_short_fashion_mnist_study_from_the_cli(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_config(
+        tmp_path,
+        study={"name": "fmnist", "trials": 2},
+        data={"dataset": "fashion-mnist", "subset": 600},
+        train={"epochs": 3, "batch_size": 32, "lr": 0.003},
+        space={
+            "blocks": [1, 2],
+            "base_filters": [8],
+            "pools": ["max"],
+            "aggregations": ["flatten"],
+            "dense_layers": [0, 0],
+        },
+    )
+    assert cli.main(["study", "start", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "dataset fashion-mnist (1, 28, 28), 540 train / 60 validation images" in out
+    study = load(tmp_path, "fmnist")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert max(t.values[0] for t in study.trials) > 0.5, "well above chance (0.1)"
