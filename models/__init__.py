@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from ._build import CNN, build
-from ._shapes import Layer, count_macs, count_params, infer_shapes, out_size
+from ._build import CNN, MultiScale, build
+from ._shapes import (
+    Layer,
+    count_macs,
+    count_params,
+    infer_shapes,
+    multiscale_sections,
+    out_size,
+)
 from ._spec import (
     ACTIVATIONS,
     AGGREGATIONS,
+    HEADS,
     PADDINGS,
     POOLS,
+    PREDICTIONS,
     ArchSpec,
     ConvBlock,
     DenseLayer,
@@ -19,16 +28,20 @@ __all__ = [
     "ACTIVATIONS",
     "AGGREGATIONS",
     "CNN",
+    "HEADS",
     "PADDINGS",
     "POOLS",
+    "PREDICTIONS",
     "ArchSpec",
     "ConvBlock",
     "DenseLayer",
     "Layer",
+    "MultiScale",
     "SpecError",
     "build",
     "count_macs",
     "count_params",
     "infer_shapes",
+    "multiscale_sections",
     "out_size",
 ]

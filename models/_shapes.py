@@ -21,7 +21,15 @@ from ._spec import SpecError
 if TYPE_CHECKING:
     from ._spec import ArchSpec
 
-__all__ = ["Layer", "count_macs", "count_params", "infer_shapes", "layers", "out_size"]
+__all__ = [
+    "Layer",
+    "count_macs",
+    "count_params",
+    "infer_shapes",
+    "layers",
+    "multiscale_sections",
+    "out_size",
+]
 
 Shape = tuple[int, ...]
 
@@ -57,40 +65,47 @@ def _check(name: str, before: Shape, after: Shape, what: str) -> None:
         )
 
 
+def multiscale_sections(shape: Shape) -> tuple[int, ...]:
+    """Max-pool windows of the multi-scale sections a (C, H, W) map allows: 1 (the map), 2, 4.
+
+    A section is left out when its window does not fit in the map, so small maps degrade to
+    fewer sections instead of failing.
+    """
+    _, h, w = shape
+    return tuple(k for k in (1, 2, 4) if h >= k and w >= k)
+
+
 def layers(spec: ArchSpec) -> Iterator[Layer]:
     """Walks the spec in forward order, raising :class:`SpecError` where a feature map collapses."""
     shape: Shape = spec.input_shape
     for bi, block in enumerate(spec.blocks):
         prefix = f"features.{bi}"
-        for ci in range(block.convs):
+        for ci, kernel in enumerate(block.conv_kernels):
             c_in, h, w = shape
-            pad = block.kernel // 2 if block.padding == "same" else 0
-            new = (
-                block.filters,
-                out_size(h, block.kernel, 1, pad),
-                out_size(w, block.kernel, 1, pad),
-            )
-            _check(
-                f"blocks[{bi}].conv{ci}",
-                shape,
-                new,
-                f"{block.kernel}x{block.kernel} {block.padding}",
-            )
-            k2 = block.kernel * block.kernel
+            pad = kernel // 2 if block.padding == "same" else 0
+            new = (block.filters, out_size(h, kernel, 1, pad), out_size(w, kernel, 1, pad))
+            _check(f"blocks[{bi}].conv{ci}", shape, new, f"{kernel}x{kernel} {block.padding}")
             bias = 0 if block.batch_norm else block.filters
+            k2 = kernel * kernel
+            macs = new[0] * new[1] * new[2] * c_in * k2
             yield Layer(
-                f"{prefix}.conv{ci}",
-                "conv",
-                shape,
-                new,
-                block.filters * c_in * k2 + bias,
-                new[0] * new[1] * new[2] * c_in * k2,
+                f"{prefix}.conv{ci}", "conv", shape, new, block.filters * c_in * k2 + bias, macs
             )
             shape = new
             if block.batch_norm:
                 yield Layer(f"{prefix}.bn{ci}", "bn", shape, shape, 2 * block.filters, 0)
             yield Layer(f"{prefix}.act{ci}", "act", shape, shape, 0, 0)
-        if block.pool != "none":
+        if block.pool == "conv":
+            c, h, w = shape
+            new = (c, out_size(h, 3, 2, 1), out_size(w, 3, 2, 1))
+            bias = 0 if block.batch_norm else c
+            macs = c * new[1] * new[2] * c * 9
+            yield Layer(f"{prefix}.pool", "conv", shape, new, c * c * 9 + bias, macs)
+            shape = new
+            if block.batch_norm:
+                yield Layer(f"{prefix}.pool_bn", "bn", shape, shape, 2 * c, 0)
+            yield Layer(f"{prefix}.pool_act", "act", shape, shape, 0, 0)
+        elif block.pool != "none":
             c, h, w = shape
             new = (c, out_size(h, 2, 2, 0), out_size(w, 2, 2, 0))
             _check(f"blocks[{bi}].pool", shape, new, f"{block.pool} pool 2x2 stride 2")
@@ -100,25 +115,31 @@ def layers(spec: ArchSpec) -> Iterator[Layer]:
             yield Layer(f"{prefix}.drop", "dropout", shape, shape, 0, 0)
 
     c, h, w = shape
-    flat: Shape = (c * h * w,) if spec.aggregation == "flatten" else (c,)
-    yield Layer("aggregate", "aggregate", shape, flat, 0, 0)
+    sections: list[int] = []
+    if spec.aggregation == "gap":
+        sections = [c]
+    elif spec.aggregation == "flatten":
+        sections = [c * h * w]
+    else:
+        for k in multiscale_sections(shape):
+            sections.append(c * (h // k) * (w // k))
+            if k > 1:
+                yield Layer(f"aggregate.pool{k}", "pool", shape, (c, h // k, w // k), 0, 0)
+    yield Layer("aggregate", "aggregate", shape, (sum(sections),), 0, 0)
 
-    width = flat[0]
+    width = sum(sections)
     for di, dense in enumerate(spec.dense):
-        yield Layer(
-            f"head.{di}.linear",
-            "linear",
-            (width,),
-            (dense.width,),
-            width * dense.width + dense.width,
-            width * dense.width,
-        )
+        params, macs = width * dense.width + dense.width, width * dense.width
+        yield Layer(f"head.{di}.linear", "linear", (width,), (dense.width,), params, macs)
         width = dense.width
         yield Layer(f"head.{di}.act", "act", (width,), (width,), 0, 0)
         if dense.dropout:
             yield Layer(f"head.{di}.drop", "dropout", (width,), (width,), 0, 0)
     n = spec.num_classes
     yield Layer("classifier", "linear", (width,), (n,), width * n + n, width * n)
+    if spec.heads == "multi":
+        for i, size in enumerate(sections[1:]):
+            yield Layer(f"aux_heads.{i}", "linear", (size,), (n,), size * n + n, size * n)
 
 
 def infer_shapes(spec: ArchSpec) -> tuple[Layer, ...]:

@@ -17,8 +17,10 @@ from typing import Any
 __all__ = [
     "ACTIVATIONS",
     "AGGREGATIONS",
+    "HEADS",
     "PADDINGS",
     "POOLS",
+    "PREDICTIONS",
     "ArchSpec",
     "ConvBlock",
     "DenseLayer",
@@ -28,9 +30,11 @@ __all__ = [
 # The names a spec may use. The builder maps each to a module; keeping the names here lets the spec
 # validate itself without importing torch.nn.
 ACTIVATIONS = ("relu", "gelu", "silu", "elu", "leaky_relu", "tanh")
-POOLS = ("max", "avg", "none")
+POOLS = ("max", "avg", "conv", "none")
 PADDINGS = ("same", "valid")
-AGGREGATIONS = ("flatten", "gap")
+AGGREGATIONS = ("flatten", "gap", "multiscale")
+HEADS = ("single", "multi")
+PREDICTIONS = ("main", "mean")
 
 MAX_KERNEL = 15
 MAX_WIDTH = 65536
@@ -122,13 +126,19 @@ class ConvBlock:
     # Convolutions in a row before the pooling
     # (seed 002: "two consecutive conv layers then a pool").
     convs: int = 1
+    # Replace each kxk convolution by (k-1)/2 stacked 3x3 ones, each with its BatchNorm and
+    # activation: the same receptive field, fewer weights, more nonlinearity (seed 002: "5x5 ~
+    # two 3x3"). Inactive for kernels of 3 or less.
+    factorize: bool = False
     # 'same' keeps H x W; 'valid' shrinks each side by kernel-1 (seed 002's [(N-K+2P)/S]+1 rule).
     padding: str = "same"
     # BatchNorm after each convolution, before the activation. The conv then has no bias.
     batch_norm: bool = False
     # Nonlinearity after each convolution (after BatchNorm when present).
     activation: str = "relu"
-    # Downsampling after the block: 2x2 window, stride 2.
+    # Downsampling after the block: 'max' or 'avg' pool (2x2, stride 2), or 'conv', a learnable
+    # 3x3 stride-2 convolution with its own BatchNorm and activation (seed 002: "pool by using a
+    # convolution layer with strides=2 and it will be learnable"), or 'none'.
     pool: str = "none"
     # Dropout probability after the block's pooling; 0 means no dropout layer.
     dropout: float = 0.0
@@ -141,6 +151,7 @@ class ConvBlock:
                 "kernel", f"must be odd so 'same' padding is symmetric, got {self.kernel}"
             )
         _int(self.convs, "convs", 1, 8)
+        _bool(self.factorize, "factorize")
         _choice(self.padding, "padding", PADDINGS)
         _bool(self.batch_norm, "batch_norm")
         _choice(self.activation, "activation", ACTIVATIONS)
@@ -150,6 +161,17 @@ class ConvBlock:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConvBlock:
         return cls(**_from_dict(cls, data, ""))
+
+    @property
+    def conv_kernels(self) -> tuple[int, ...]:
+        """Kernel size of every convolution the block runs, in order (factorisation applied)."""
+        if self.factorize and self.kernel > 3:
+            return (3,) * ((self.kernel - 1) // 2 * self.convs)
+        return (self.kernel,) * self.convs
+
+    def inactive(self) -> tuple[str, ...]:
+        """Fields whose value does not change the network."""
+        return () if self.kernel > 3 else ("factorize",)
 
 
 @dataclass(frozen=True)
@@ -188,10 +210,19 @@ class ArchSpec:
     # The feature extractor, in order. At least one block.
     blocks: tuple[ConvBlock, ...]
     # How the last feature map becomes a vector: 'flatten' keeps every position, 'gap' averages
-    # each channel over H x W (seed 003), so the head's size no longer grows with the image.
+    # each channel over H x W (seed 003), so the head's size no longer grows with the image;
+    # 'multiscale' concatenates the flattened map with its 2x2 and 4x4 max-pooled versions (seed
+    # 000's 'road sign' network), leaving out a section the map is too small for.
     aggregation: str = "flatten"
     # Hidden dense layers between the aggregation and the classifier; may be empty.
     dense: tuple[DenseLayer, ...] = field(default_factory=tuple)
+    # 'multi' (multiscale only) adds a softmax head on each pooled section next to the main head
+    # (seed 000's three-headed model), so each section is optimised on its own.
+    heads: str = "single"
+    # Weight of each extra head's loss in the sum (the main head's weight is 1).
+    aux_weight: float = 1.0
+    # What a multi-head network predicts: the main head's, or the mean of all heads' probabilities.
+    predict: str = "main"
 
     def __post_init__(self) -> None:
         shape = self.input_shape
@@ -206,6 +237,16 @@ class ArchSpec:
             raise SpecError("blocks", "needs at least one conv block")
         _choice(self.aggregation, "aggregation", AGGREGATIONS)
         object.__setattr__(self, "dense", self._children("dense", self.dense, DenseLayer))
+        _choice(self.heads, "heads", HEADS)
+        if self.heads == "multi" and self.aggregation != "multiscale":
+            raise SpecError(
+                "heads", f"'multi' needs aggregation 'multiscale', got {self.aggregation!r}"
+            )
+        aux = self.aux_weight
+        if isinstance(aux, bool) or not isinstance(aux, (int, float)) or not 0 <= aux <= 100:
+            raise SpecError("aux_weight", f"must be a number in [0, 100], got {aux!r}")
+        object.__setattr__(self, "aux_weight", float(aux))
+        _choice(self.predict, "predict", PREDICTIONS)
         # Shape inference is the last check: it raises if a feature map collapses.
         from ._shapes import infer_shapes
 
@@ -247,9 +288,31 @@ class ArchSpec:
             raise SpecError("", f"not valid JSON: {e}") from None
         return cls.from_dict(data)
 
+    def inactive(self) -> tuple[str, ...]:
+        """Top-level fields whose value does not change the network.
+
+        The head options matter only when extra heads exist: a multi-head spec whose last map is
+        too small for any pooled section builds the single-head network.
+        """
+        from ._shapes import infer_shapes
+
+        if any(la.name.startswith("aux_heads.") for la in infer_shapes(self)):
+            return ()
+        return ("heads", "aux_weight", "predict")
+
+    def canonical_dict(self) -> dict[str, Any]:
+        """``to_dict()`` without inactive fields: two specs that build the same network agree."""
+        d = self.to_dict()
+        for name in self.inactive():
+            del d[name]
+        for block, bd in zip(self.blocks, d["blocks"], strict=True):
+            for name in block.inactive():
+                del bd[name]
+        return d
+
     def spec_hash(self) -> str:
-        """A short, stable identity of the architecture (sha256 of the canonical JSON)."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A short, stable identity of the network (sha256 of the canonical JSON)."""
+        canonical = json.dumps(self.canonical_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def summary(self) -> str:
@@ -257,12 +320,15 @@ class ArchSpec:
         parts = []
         for b in self.blocks:
             s = f"{b.filters}c{b.kernel}" + (f"x{b.convs}" if b.convs > 1 else "")
+            s += "f" if "factorize" not in b.inactive() and b.factorize else ""
             s += "+bn" if b.batch_norm else ""
             s += "v" if b.padding == "valid" else ""
             s += f">{b.pool}" if b.pool != "none" else ""
             s += f"~{b.dropout:.2g}" if b.dropout else ""
             parts.append(s)
         parts.append(self.aggregation)
+        if self.heads == "multi":
+            parts[-1] += f"+heads({self.predict},{self.aux_weight:g})"
         parts += [f"d{d.width}" + (f"~{d.dropout:.2g}" if d.dropout else "") for d in self.dense]
         parts.append(str(self.num_classes))
         return " | ".join(parts)

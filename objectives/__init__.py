@@ -5,6 +5,7 @@ Depends on ``models`` only; takes callbacks and loggers from its caller (``searc
 
 from __future__ import annotations
 
+from ._augment import Augment, augment
 from ._batches import Batches, on_device
 from ._data import (
     DATASETS,
@@ -19,12 +20,14 @@ from ._train import Classifier, TrainConfig, TrialResult, evaluate, fit
 
 __all__ = [
     "DATASETS",
+    "Augment",
     "Batches",
     "Classifier",
     "DatasetError",
     "ImageData",
     "TrainConfig",
     "TrialResult",
+    "augment",
     "evaluate",
     "find_fashion_mnist",
     "fit",

@@ -11,7 +11,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from models import ArchSpec, build, count_macs, count_params
 
+from ._augment import Augment, augment
 from ._batches import Batches, on_device
 from ._data import ImageData
 
@@ -58,6 +59,8 @@ class TrainConfig:
     precision: str = "auto"
     # Deterministic kernels: the same seed gives the same numbers (slower on GPUs).
     deterministic: bool = True
+    # Augmentation of training batches, on the device; off by default.
+    augment: Augment = field(default_factory=Augment)
 
 
 @dataclass(frozen=True)
@@ -75,15 +78,20 @@ class TrialResult:
     # Wall-clock seconds of the fit, validation included.
     seconds: float
     epochs: int
-    # Per-epoch values: train_loss, train_acc, val_loss, val_acc, lr, epoch_seconds.
+    # Per-epoch values: train_loss, train_acc, val_loss, val_acc, lr, epoch_seconds, and for a
+    # multi-head network val_acc_head0, val_acc_head1, ... (the main head first).
     curves: dict[str, list[float]]
     # The trained network, in eval mode on the CPU. Not part of the record.
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
     def metrics(self) -> dict[str, float]:
         """The final scalar metrics, for trial attributes and run metrics."""
-        d = asdict(self)
-        return {k: float(v) for k, v in d.items() if k not in ("curves", "model")}
+        # Not dataclasses.asdict: it would deep-copy the trained model.
+        return {
+            f.name: float(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("curves", "model")
+        }
 
 
 class Classifier(pl.LightningModule):
@@ -116,17 +124,32 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalise(x))
 
+    def _add(self, key: str, value: torch.Tensor | int) -> None:
+        self._sums[key] = self._sums.get(key, 0) + value
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> torch.Tensor:
         x, y = batch
-        heads = self.net.forward_heads(self.normalise(x))
-        loss = sum(F.cross_entropy(h, y) for h in heads)
+        x = x.float()
+        if prefix == "train_" and self.cfg.augment.active:
+            x = augment(x, self.cfg.augment)
+        heads = self.net.forward_heads((x - self.mean) / self.std)
+        # The optimised loss: the main head's, plus the extra heads' weighted (seed 000).
+        loss = F.cross_entropy(heads[0], y)
+        if len(heads) > 1:
+            aux = sum(F.cross_entropy(h, y) for h in heads[1:])
+            loss = loss + self.net.spec.aux_weight * aux
         with torch.no_grad():
+            # The reported loss and accuracy are those of the network's prediction, so they
+            # compare across single- and multi-head networks.
+            pred = self.net.combine(heads)
+            shown = F.cross_entropy(pred.float(), y) if len(heads) > 1 else loss.detach()
             n = y.numel()
-            sums = self._sums
-            sums[prefix + "loss"] = sums.get(prefix + "loss", 0) + loss.detach().float() * n
-            correct = (heads[0].argmax(1) == y).sum()
-            sums[prefix + "correct"] = sums.get(prefix + "correct", 0) + correct
-            sums[prefix + "n"] = sums.get(prefix + "n", 0) + n
+            self._add(prefix + "loss", shown.float() * n)
+            self._add(prefix + "correct", (pred.argmax(1) == y).sum())
+            self._add(prefix + "n", n)
+            if prefix == "val_" and len(heads) > 1:
+                for i, h in enumerate(heads):
+                    self._add(f"val_correct_head{i}", (h.argmax(1) == y).sum())
         return loss
 
     def _epoch_means(self, prefix: str) -> tuple[float, float]:
@@ -136,6 +159,10 @@ class Classifier(pl.LightningModule):
         if not n:
             return math.nan, math.nan
         return float(loss) / n, float(correct) / n
+
+    def _head_accuracies(self, n: int) -> dict[str, float]:
+        keys = sorted(k for k in self._sums if k.startswith("val_correct_head"))
+        return {k.replace("correct", "acc"): float(self._sums.pop(k)) / n for k in keys}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train_")
@@ -153,8 +180,11 @@ class Classifier(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         train_loss, train_acc = self._epoch_means("train_")
+        n_val = int(self._sums.get("val_n", 0))
         loss, acc = self._epoch_means("val_")
         c = self.curves
+        for key, value in self._head_accuracies(n_val).items():
+            c.setdefault(key, []).append(value)
         c["train_loss"].append(train_loss)
         c["train_acc"].append(train_acc)
         c["val_loss"].append(loss)

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from objectives import DATASETS, TrainConfig
+from models import AGGREGATIONS, HEADS, POOLS, PREDICTIONS
+from objectives import DATASETS, Augment, TrainConfig
 from objectives._train import ACCELERATORS, PRECISIONS
 
 __all__ = [
@@ -39,7 +40,7 @@ SAMPLERS = ("tpe", "nsga2", "random")
 # The complexity objective minimised next to validation accuracy.
 COMPLEXITY = ("params", "macs")
 GROWTH = ("constant", "doubling")
-SPACE_PRESETS = ("default",)
+SPACE_PRESETS = ("default", "seed003", "seed002", "seed000")
 
 
 class ConfigError(ValueError):
@@ -82,6 +83,16 @@ class StudySection:
         "Optuna storage URL (sqlite:///..., postgresql://...); "
         "null: a journal file in project_dir.",
     )
+    max_params: int | None = _opt(
+        None,
+        "Budget: architectures with more parameters are rejected before training (infeasible).",
+        lo=1,
+    )
+    max_macs: int | None = _opt(
+        None,
+        "Budget: architectures with more MACs per image are rejected before training.",
+        lo=1,
+    )
     max_failures: int = _opt(
         3, "Stop the study after this many failed trials in a row.", lo=1, hi=1000
     )
@@ -100,6 +111,13 @@ class DataConfig:
     subset: int | None = _opt(
         None, "Use only this many training images (stratified) for quick runs; null: all.", lo=20
     )
+
+
+@dataclass(frozen=True)
+class AugmentSection:
+    translate: float = _opt(2.0, "Largest random shift in pixels.", lo=0.0, hi=64.0)
+    rotate: float = _opt(0.0, "Largest random rotation in degrees.", lo=0.0, hi=180.0)
+    flip: bool = _opt(False, "Mirror half the images left-right (not for digits).")
 
 
 @dataclass(frozen=True)
@@ -123,18 +141,46 @@ class TrainSection:
         choices=PRECISIONS,
     )
     deterministic: bool = _opt(True, "Deterministic kernels (the same seed gives the same result).")
+    augment: AugmentSection = field(default_factory=AugmentSection)
 
-    def to_train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(**dataclasses.asdict(self), seed=seed)
+    def to_train_config(self, seed: int, augment: bool = False) -> TrainConfig:
+        """The trainer's config; ``augment`` turns on the augmentation this section describes."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        aug = Augment(**dataclasses.asdict(self.augment)) if augment else Augment()
+        return TrainConfig(**{**values, "augment": aug}, seed=seed)
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer dimension sampled uniformly from min..max (YAML: ``{min: 1, max: 6}``)."""
+
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """A real dimension sampled from [min, max] (YAML: ``{min: 0.0, max: 0.5}``)."""
+
+    min: float
+    max: float
+
+
+# A numeric dimension of the space: a list of choices, or a range.
+IntDim = tuple[int, ...] | IntRange
+FloatDim = tuple[float, ...] | FloatRange
+POOL_SCOPES = ("block", "network")
 
 
 @dataclass(frozen=True)
 class SpaceConfig:
-    preset: str = _opt("default", "Named search space.", choices=SPACE_PRESETS)
-    blocks: tuple[int, int] = _opt((1, 6), "Conv blocks, [min, max].", lo=1, hi=12, pair=True)
-    convs: tuple[int, int] = _opt(
-        (1, 1), "Convolutions per block, [min, max].", lo=1, hi=4, pair=True
+    preset: str = _opt(
+        "default",
+        "Named search space; the other space keys start from its values (see 'Named spaces').",
+        choices=SPACE_PRESETS,
     )
+    blocks: IntDim = _opt(IntRange(1, 6), "Conv blocks.", lo=1, hi=12)
+    convs: IntDim = _opt((1, 2), "Convolutions per block.", lo=1, hi=4)
     base_filters: tuple[int, ...] = _opt(
         (8, 16, 32, 64), "Filters of the first block (choices).", lo=1, hi=4096
     )
@@ -145,25 +191,120 @@ class SpaceConfig:
     kernels: tuple[int, ...] = _opt(
         (3, 5, 7), "Kernel sizes (choices, odd).", lo=1, hi=15, odd=True
     )
+    factorize: tuple[bool, ...] = _opt(
+        (False, True), "Factorise kxk convs into 3x3 stacks (choices; asked only for k > 3)."
+    )
     batch_norm: tuple[bool, ...] = _opt((True, False), "BatchNorm after each conv (choices).")
     pools: tuple[str, ...] = _opt(
-        ("max", "none"), "Downsampling after each block (choices).", choices=("max", "avg", "none")
+        ("max", "avg", "conv", "none"),
+        "Downsampling after a block (choices; conv = learnable stride-2 conv).",
+        choices=POOLS,
     )
-    block_dropout: tuple[float, float] = _opt(
-        (0.0, 0.5), "Dropout after each block, [min, max].", lo=0.0, hi=0.9, pair=True
+    pool_scope: str = _opt(
+        "block",
+        "'block': each block chooses its downsampling; 'network': one choice for every block.",
+        choices=POOL_SCOPES,
+    )
+    block_dropout: FloatDim = _opt(
+        FloatRange(0.0, 0.5), "Dropout after each block.", lo=0.0, hi=0.9
     )
     aggregations: tuple[str, ...] = _opt(
-        ("flatten", "gap"), "Feature aggregation (choices).", choices=("flatten", "gap")
+        ("flatten", "gap", "multiscale"), "Feature aggregation (choices).", choices=AGGREGATIONS
     )
-    dense_layers: tuple[int, int] = _opt(
-        (0, 3), "Hidden dense layers, [min, max].", lo=0, hi=8, pair=True
+    heads: tuple[str, ...] = _opt(
+        ("single", "multi"), "Output heads (choices; multi only with multiscale).", choices=HEADS
     )
-    dense_width: tuple[int, int] = _opt(
-        (16, 1024), "Width of each dense layer, [min, max] (log scale).", lo=1, hi=65536, pair=True
+    predict: tuple[str, ...] = _opt(
+        ("main", "mean"), "Prediction rule of multi-head networks (choices).", choices=PREDICTIONS
     )
-    dense_dropout: tuple[float, float] = _opt(
-        (0.0, 0.5), "Dropout after each dense layer, [min, max].", lo=0.0, hi=0.9, pair=True
+    aux_weight: FloatDim = _opt(
+        (1.0,), "Loss weight of each extra head (multi-head networks).", lo=0.0, hi=100.0
     )
+    dense_layers: IntDim = _opt(IntRange(0, 3), "Hidden dense layers.", lo=0, hi=8)
+    dense_width: IntDim = _opt(
+        IntRange(16, 1024),
+        "Width of each dense layer (a range is sampled on a log scale).",
+        lo=1,
+        hi=65536,
+    )
+    dense_dropout: FloatDim = _opt(
+        FloatRange(0.0, 0.5), "Dropout after each dense layer.", lo=0.0, hi=0.9
+    )
+    augment: tuple[bool, ...] = _opt(
+        (False,), "Train with the augmentation of train.augment (choices)."
+    )
+
+
+# The named spaces, each from a source document; a config's own space keys override them.
+SPACE_PRESETS_VALUES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # Seed 003's manual search: N conv layers -> GAP -> M dense layers of 1024, kernel and filter
+    # ablations, MaxPool / BatchNorm / Dropout(0.2) on the dense layers, on or off for the network.
+    "seed003": {
+        "blocks": (1, 2, 4, 8),
+        "convs": (1,),
+        "base_filters": (32, 64, 128, 256),
+        "growth": ("constant",),
+        "max_filters": 256,
+        "kernels": (3, 5, 7, 9),
+        "factorize": (False,),
+        "batch_norm": (False, True),
+        "pools": ("max", "none"),
+        "pool_scope": "network",
+        "block_dropout": (0.0,),
+        "aggregations": ("gap",),
+        "heads": ("single",),
+        "dense_layers": (1, 2, 4),
+        "dense_width": (1024,),
+        "dense_dropout": (0.0, 0.2),
+        "augment": (False,),
+    },
+    # Seed 002's rules of thumb: 1-3 conv-pool pairs, filters doubling from 8 up to 128, a dense
+    # layer of up to 2048 (or none), dropout up to 70%, 32C5 against 32C3-32C3, max pool against
+    # a learnable stride-2 conv, BatchNorm, augmentation on or off.
+    "seed002": {
+        "blocks": IntRange(1, 3),
+        "convs": (1, 2),
+        "base_filters": (8, 16, 32),
+        "growth": ("doubling",),
+        "max_filters": 128,
+        "kernels": (3, 5),
+        "factorize": (False, True),
+        "batch_norm": (False, True),
+        "pools": ("max", "conv"),
+        "pool_scope": "block",
+        "block_dropout": FloatRange(0.0, 0.7),
+        "aggregations": ("flatten",),
+        "heads": ("single",),
+        "dense_layers": IntRange(0, 1),
+        "dense_width": IntRange(16, 2048),
+        "dense_dropout": FloatRange(0.0, 0.7),
+        "augment": (False, True),
+    },
+    # Seed 000's road-sign network and its three variants: the multi-scale flatten, the plain
+    # flatten without the pooled sections, and the three-headed model.
+    "seed000": {
+        "blocks": IntRange(2, 3),
+        "convs": (1,),
+        "base_filters": (16, 32),
+        "growth": ("doubling",),
+        "max_filters": 128,
+        "kernels": (3, 5),
+        "factorize": (False,),
+        "batch_norm": (False, True),
+        "pools": ("max",),
+        "pool_scope": "block",
+        "block_dropout": FloatRange(0.0, 0.3),
+        "aggregations": ("flatten", "multiscale"),
+        "heads": ("single", "multi"),
+        "predict": ("main", "mean"),
+        "aux_weight": (0.5, 1.0),
+        "dense_layers": IntRange(0, 1),
+        "dense_width": IntRange(32, 512),
+        "dense_dropout": FloatRange(0.0, 0.5),
+        "augment": (False,),
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -247,18 +388,21 @@ def _check(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check(value, inner, key, meta)
+        options = [a for a in args if a is not type(None)]
+        if len(options) > 1:  # a space dimension: a list of choices, or a {min, max} range
+            ranges = [a for a in options if a in (IntRange, FloatRange)]
+            lists = [a for a in options if typing.get_origin(a) is tuple]
+            if isinstance(value, dict) and ranges:
+                return _check_range(value, ranges[0], key, meta)
+            if isinstance(value, (list, tuple)) and lists:
+                return _check(value, lists[0], key, meta)
+            raise ConfigError(
+                f"{key}: expected a list of choices or {{min: ..., max: ...}}, got {value!r}"
+            )
+        return _check(value, options[0], key, meta)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if meta.get("pair"):
-            if len(value) != 2:
-                raise ConfigError(f"{key}: expected [min, max], got {value!r}")
-            out = tuple(_check(v, args[0], f"{key}[{i}]", meta) for i, v in enumerate(value))
-            if out[0] > out[1]:
-                raise ConfigError(f"{key}: min {out[0]} is above max {out[1]}")
-            return out
         if not value:
             raise ConfigError(f"{key}: needs at least one value")
         out = tuple(_check(v, args[0], f"{key}[{i}]", meta) for i, v in enumerate(value))
@@ -268,6 +412,18 @@ def _check(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     return _check_scalar(value, tp, key, meta)
+
+
+def _check_range(value: dict, cls: type, key: str, meta: dict[str, Any]) -> Any:
+    unknown = sorted(set(value) - {"min", "max"}, key=str)
+    if unknown or set(value) != {"min", "max"}:
+        raise ConfigError(f"{key}: a range is {{min: ..., max: ...}}, got {value!r}")
+    kind = int if cls is IntRange else float
+    lo = _check_scalar(value["min"], kind, f"{key}.min", meta)
+    hi = _check_scalar(value["max"], kind, f"{key}.max", meta)
+    if lo > hi:
+        raise ConfigError(f"{key}: min {lo} is above max {hi}")
+    return cls(lo, hi)
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -282,12 +438,30 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(f"{key}: unknown key; allowed here: {', '.join(fields)}")
+    if cls is SpaceConfig:  # a named space supplies the keys the file leaves out
+        preset = _check_scalar(
+            data.get("preset", "default"),
+            str,
+            f"{prefix}.preset",
+            dict(fields["preset"].metadata),
+        )
+        base = {k: _plain(v) for k, v in SPACE_PRESETS_VALUES[preset].items()}
+        data = {**base, **data}
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
         values[name] = _check(value, hints[name], key, dict(fields[name].metadata))
     return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    """A preset value in the form a YAML file gives it (ranges as mappings, tuples as lists)."""
+    if isinstance(value, (IntRange, FloatRange)):
+        return {"min": value.min, "max": value.max}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def _read_yaml(path: Path) -> Any:
@@ -354,9 +528,7 @@ def describe(cls: type = StudyConfig, prefix: str = "") -> list[tuple[str, str, 
         shown = (
             "null"
             if default is None
-            else yaml.safe_dump(
-                list(default) if isinstance(default, tuple) else default, default_flow_style=True
-            )
+            else yaml.safe_dump(_plain(default), default_flow_style=True, sort_keys=False)
             .strip()
             .removesuffix("...")
             .strip()

@@ -1,10 +1,11 @@
 """trial -> ArchSpec: the only code in cnnas that calls ``trial.suggest_*``.
 
-The space adapts to the dataset: a downsampling choice is offered only while the feature map is
-at least ``MIN_POOL_SIZE`` pixels on its short side (seed 002: 28x28 allows about three conv-pool
-pairs, 64x64 four or five), so no sampled architecture collapses. A choice with a single allowed
-value, or a range whose ends meet, is fixed rather than sampled, so the sampler never sees a
-parameter that cannot vary.
+The space adapts to the dataset: downsampling is offered only while the feature map is at least
+``MIN_POOL_SIZE`` pixels on its short side (seed 002: 28x28 allows about three conv-pool pairs,
+64x64 four or five), so no sampled architecture collapses. A parameter is sampled only when it is
+active (no factorisation for 3x3 kernels, no head options without multi-scale aggregation, no
+growth rule for one block), and a dimension with a single allowed value is fixed rather than
+sampled, so the sampler never models a parameter that cannot matter.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import optuna
 
 from models import ArchSpec, ConvBlock, DenseLayer
 
-from ._config import SpaceConfig
+from ._config import FloatDim, FloatRange, IntDim, IntRange, SpaceConfig
 
-__all__ = ["MIN_POOL_SIZE", "max_pools", "suggest_spec"]
+__all__ = ["DROPOUT_STEP", "MIN_POOL_SIZE", "max_pools", "suggest_augment", "suggest_spec"]
 
-# A 2x2 pool is offered only on maps at least this large: 28 -> 14 -> 7 -> 3 stops after three.
+# Downsampling is offered only on maps at least this large: 28 -> 14 -> 7 -> 3 stops after three.
 MIN_POOL_SIZE = 4
+# Dropout 0.3 and 0.3004 train alike; a coarse grid lets an identical architecture be recognised.
 DROPOUT_STEP = 0.05
 
 
@@ -38,15 +40,18 @@ def _cat(trial: optuna.Trial, name: str, choices: tuple[Any, ...]) -> Any:
     return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
 
 
-def _int(trial: optuna.Trial, name: str, bounds: tuple[int, int], log: bool = False) -> int:
-    lo, hi = bounds
-    return lo if lo == hi else trial.suggest_int(name, lo, hi, log=log)
+def _int(trial: optuna.Trial, name: str, dim: IntDim, log: bool = False) -> int:
+    if isinstance(dim, IntRange):
+        if dim.min == dim.max:
+            return dim.min
+        return trial.suggest_int(name, dim.min, dim.max, log=log)
+    return _cat(trial, name, dim)
 
 
-def _float(trial: optuna.Trial, name: str, bounds: tuple[float, float]) -> float:
-    # Steps of 0.05: dropout 0.3 and 0.3004 train alike, and a coarse grid lets an identical
-    # architecture be recognised as one.
-    lo, hi = bounds
+def _float(trial: optuna.Trial, name: str, dim: FloatDim) -> float:
+    if not isinstance(dim, FloatRange):
+        return float(_cat(trial, name, dim))
+    lo, hi = dim.min, dim.max
     if hi - lo < DROPOUT_STEP:
         return lo
     hi = round(lo + DROPOUT_STEP * math.floor((hi - lo) / DROPOUT_STEP + 1e-9), 6)
@@ -65,23 +70,29 @@ def suggest_spec(
     base = _cat(trial, "base_filters", space.base_filters)
     growth = _cat(trial, "growth", space.growth) if n_blocks > 1 else "constant"
     kernel = _cat(trial, "kernel", space.kernels)
-    batch_norm = _cat(trial, "batch_norm", space.batch_norm)
+    factorize = _cat(trial, "factorize", space.factorize) if kernel > 3 else False
     convs = _int(trial, "convs", space.convs)
+    batch_norm = _cat(trial, "batch_norm", space.batch_norm)
     block_dropout = _float(trial, "block_dropout", space.block_dropout)
 
-    blocks, size = [], min(height, width)
+    size = min(height, width)
+    network_pool = None
+    if space.pool_scope == "network" and size >= MIN_POOL_SIZE:
+        network_pool = _cat(trial, "pool", space.pools)
+    blocks = []
     for i in range(n_blocks):
         filters = base if growth == "constant" else base * 2**i
         pool = "none"
         if size >= MIN_POOL_SIZE:
-            pool = _cat(trial, f"pool_{i}", space.pools)
+            pool = network_pool if network_pool else _cat(trial, f"pool_{i}", space.pools)
         if pool != "none":
-            size //= 2
+            size = size // 2 if pool != "conv" else (size + 1) // 2
         blocks.append(
             ConvBlock(
                 filters=min(filters, space.max_filters),
                 kernel=kernel,
                 convs=convs,
+                factorize=factorize,
                 batch_norm=batch_norm,
                 pool=pool,
                 dropout=block_dropout,
@@ -89,6 +100,13 @@ def suggest_spec(
         )
 
     aggregation = _cat(trial, "aggregation", space.aggregations)
+    heads, predict, aux_weight = "single", "main", 1.0
+    if aggregation == "multiscale":
+        heads = _cat(trial, "heads", space.heads)
+        if heads == "multi":
+            predict = _cat(trial, "predict", space.predict)
+            aux_weight = _float(trial, "aux_weight", space.aux_weight)
+
     n_dense = _int(trial, "dense_layers", space.dense_layers)
     dense = []
     if n_dense:
@@ -103,4 +121,12 @@ def suggest_spec(
         blocks=tuple(blocks),
         aggregation=aggregation,
         dense=tuple(dense),
+        heads=heads,
+        aux_weight=aux_weight,
+        predict=predict,
     )
+
+
+def suggest_augment(trial: optuna.Trial, space: SpaceConfig) -> bool:
+    """Whether this trial trains with augmentation (seed 002: "augmentation on/off")."""
+    return bool(_cat(trial, "augment", space.augment))

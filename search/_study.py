@@ -21,11 +21,11 @@ from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from models import ArchSpec
+from models import ArchSpec, count_macs, count_params
 from objectives import ImageData, TrialResult, fit, load_dataset
 
-from ._config import MlflowConfig, StudyConfig, load_mlflow_config
-from ._space import suggest_spec
+from ._config import ConfigError, MlflowConfig, StudyConfig, load_mlflow_config
+from ._space import suggest_augment, suggest_spec
 from ._tracking import Tracker
 
 __all__ = [
@@ -40,9 +40,13 @@ __all__ = [
     "prepare",
     "replace_cfg",
     "run_study",
+    "state_counts",
     "storage_location",
     "trial_spec",
 ]
+
+# Datasets whose images change meaning when mirrored.
+NO_FLIP = {"digits": "a mirrored 2 or 7 is no digit"}
 
 # States that count towards a study's trial total; a RUNNING trial does not.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -78,10 +82,21 @@ def open_storage(cfg: StudyConfig) -> str | BaseStorage:
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # multivariate TPE models the joint distribution of the parameters, which matters here:
-        # filters, kernel and pooling trade off against each other in both objectives.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+        # filters, kernel and pooling trade off against each other in both objectives. group
+        # splits the space by which parameters a trial used (conditional parameters).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                multivariate=True,
+                group=True,
+                n_startup_trials=10,
+                constraints_func=constraints,
+            )
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=20, constraints_func=constraints
+        )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}; known: tpe, nsga2, random")
@@ -94,8 +109,26 @@ def trial_spec(trial: FrozenTrial) -> ArchSpec | None:
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """The complete trials no other complete trial beats on both objectives, smallest first."""
-    front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    """Feasible complete trials no other such trial beats on both objectives, smallest first.
+
+    A repeated architecture (a trial that took an earlier trial's result) is left out: its
+    original stands for it.
+    """
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if is_feasible(t) and "duplicate_of" not in t.user_attrs
+    ]
+    front = [
+        t
+        for t in done
+        if not any(
+            o.values[0] >= t.values[0]
+            and o.values[1] <= t.values[1]
+            and (o.values[0] > t.values[0] or o.values[1] < t.values[1])
+            for o in done
+        )
+    ]
     return sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
 
 
@@ -152,16 +185,66 @@ class StudyRun:
     ) -> tuple[float, float]:
         cfg, data = self.cfg, self.data
         spec = suggest_spec(trial, cfg.space, data.input_shape, data.num_classes)
-        trial.set_user_attr("spec", spec.to_dict())
-        trial.set_user_attr("spec_hash", spec.spec_hash())
+        augment = suggest_augment(trial, cfg.space)
+        params, macs = count_params(spec), count_macs(spec)
+        complexity = float(params if cfg.study.complexity == "params" else macs)
+        identity = spec.spec_hash() + ("+aug" if augment else "")
+        for key, value in (
+            ("spec", spec.to_dict()),
+            ("spec_hash", spec.spec_hash()),
+            ("identity", identity),
+            ("augment", augment),
+            ("params", params),
+            ("macs", macs),
+        ):
+            trial.set_user_attr(key, value)
+
+        # Budgets are checked from the spec alone, before any training. The violations are
+        # stored for constraints_func (> 0 is infeasible), from which TPE and NSGA-II learn.
+        violations = [
+            float(params - cfg.study.max_params) if cfg.study.max_params else 0.0,
+            float(macs - cfg.study.max_macs) if cfg.study.max_macs else 0.0,
+        ]
+        trial.set_user_attr(CONSTRAINTS_ATTR, violations)
         run_id = self.tracker.start_trial(self.parent_run_id, cfg.study.name, trial.number, spec)
         trial.set_user_attr("mlflow_run_id", run_id)
+        if any(v > 0 for v in violations):
+            reason = _over_budget(params, macs, cfg)
+            trial.set_user_attr("infeasible", reason)
+            self.tracker.finish_infeasible(run_id, reason, params, macs)
+            # Accuracy 0: an infeasible architecture must never look better than a feasible one,
+            # also to samplers that ignore constraints (random).
+            return 0.0, complexity
+
+        twin = _evaluated_twin(trial, identity)
+        if twin is not None:
+            result = _result_of(twin)
+            trial.set_user_attr("duplicate_of", twin.number)
+        else:
+            result = self._train(trial, spec, augment, run_id, on_epoch)
+        for key, value in result.metrics().items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("curves", result.curves)
+        self.tracker.finish_trial(
+            run_id, result, duplicate_of=twin.number if twin is not None else None
+        )
+        return result.val_acc, complexity
+
+    def _train(
+        self,
+        trial: optuna.Trial,
+        spec: ArchSpec,
+        augment: bool,
+        run_id: str,
+        on_epoch: Callable[[int, dict[str, float]], None] | None,
+    ) -> TrialResult:
+        cfg = self.cfg
         callbacks = [_EpochCallback(on_epoch)] if on_epoch else []
         try:
             result = fit(
                 spec,
-                data,
-                cfg.train.to_train_config(cfg.study.seed),
+                self.data,
+                cfg.train.to_train_config(cfg.study.seed, augment=augment),
                 seed=cfg.study.seed + trial.number,
                 callbacks=callbacks,
             )
@@ -171,11 +254,50 @@ class StudyRun:
             trial.set_user_attr("fail_reason", reason)
             self.tracker.fail_trial(run_id, reason, killed=isinstance(e, KeyboardInterrupt))
             raise
-        for key, value in result.metrics().items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("curves", result.curves)
-        self.tracker.finish_trial(run_id, result)
-        return result.val_acc, float(getattr(result, cfg.study.complexity))
+        return result
+
+
+CONSTRAINTS_ATTR = "constraints"
+
+
+def constraints(trial: FrozenTrial) -> list[float]:
+    """Optuna's constraints_func: the budget violations stored by the objective (> 0: over)."""
+    return list(trial.user_attrs.get(CONSTRAINTS_ATTR, [0.0, 0.0]))
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return all(v <= 0 for v in constraints(trial))
+
+
+def _over_budget(params: int, macs: int, cfg: StudyConfig) -> str:
+    parts = []
+    if cfg.study.max_params and params > cfg.study.max_params:
+        parts.append(f"{params:,} parameters > study.max_params {cfg.study.max_params:,}")
+    if cfg.study.max_macs and macs > cfg.study.max_macs:
+        parts.append(f"{macs:,} MACs > study.max_macs {cfg.study.max_macs:,}")
+    return "over budget: " + "; ".join(parts)
+
+
+def _evaluated_twin(trial: optuna.Trial, identity: str) -> FrozenTrial | None:
+    """A complete, trained trial of this study with the same network and augmentation."""
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = other.user_attrs
+        if a.get("identity") == identity and "val_acc" in a and "infeasible" not in a:
+            return other
+    return None
+
+
+def _result_of(trial: FrozenTrial) -> TrialResult:
+    """The recorded result of a trained trial, as the trainer returned it."""
+    a = trial.user_attrs
+    names = ("val_acc", "val_loss", "train_acc", "train_loss", "ratio", "seconds")
+    return TrialResult(
+        **{n: float(a[n]) for n in names},
+        params=int(a["params"]),
+        macs=int(a["macs"]),
+        epochs=int(a["epochs"]),
+        curves={k: list(v) for k, v in a.get("curves", {}).items()},
+    )
 
 
 class StudyMismatch(ValueError):
@@ -203,6 +325,11 @@ def prepare(cfg: StudyConfig, *, data_dir: str | None = None) -> StudyRun:
     if data_dir is not None:
         cfg = cfg.replace("data", data_dir=data_dir)
     mlflow_cfg = load_mlflow_config(cfg.mlflow)
+    if cfg.train.augment.flip and True in cfg.space.augment and cfg.data.dataset in NO_FLIP:
+        raise ConfigError(
+            f"train.augment.flip: {cfg.data.dataset} must not be mirrored "
+            f"({NO_FLIP[cfg.data.dataset]}); set it to false"
+        )
     data = load_dataset(
         cfg.data.dataset,
         data_dir=cfg.data.data_dir,
@@ -256,7 +383,7 @@ def run_study(
         status = "KILLED"
         raise
     finally:
-        counts = _state_counts(run.study)
+        counts = state_counts(run.study)
         counts["wall_seconds"] = time.perf_counter() - start
         run.tracker.end_parent(run.parent_run_id, counts, status)
     if len(failures) >= cfg.study.max_failures:
@@ -267,12 +394,16 @@ def run_study(
     return run.study
 
 
-def _state_counts(study: optuna.Study) -> dict[str, float]:
+def state_counts(study: optuna.Study) -> dict[str, float]:
+    """Trials by state, and how many complete ones were infeasible or repeats."""
     counts = {f"trials_{s.name.lower()}": 0.0 for s in (*FINISHED, TrialState.RUNNING)}
+    counts["trials_infeasible"] = counts["trials_duplicate"] = 0.0
     for t in study.get_trials(deepcopy=False):
         key = f"trials_{t.state.name.lower()}"
         if key in counts:
             counts[key] += 1
+        counts["trials_infeasible"] += "infeasible" in t.user_attrs
+        counts["trials_duplicate"] += "duplicate_of" in t.user_attrs
     return counts
 
 

@@ -120,8 +120,17 @@ class Tracker:
         self.client.log_dict(run_id, spec.to_dict(), "spec.json")
         return run_id
 
-    def finish_trial(self, run_id: str, result: TrialResult) -> None:
-        """Logs the per-epoch curves and the final metrics in one batch and closes the run."""
+    def finish_trial(
+        self, run_id: str, result: TrialResult, *, duplicate_of: int | None = None
+    ) -> None:
+        """Logs the per-epoch curves and the final metrics in one batch and closes the run.
+
+        ``duplicate_of`` marks a run whose architecture was not trained again: its values are
+        those of the earlier trial it names.
+        """
+        if duplicate_of is not None:
+            tag = RunTag("cnnas.duplicate_of", str(duplicate_of))
+            self.client.log_batch(run_id, tags=[tag])
         now = int(time.time() * 1000)
         metrics = [
             Metric(name, float(v), now, step)
@@ -132,6 +141,16 @@ class Tracker:
             metrics.append(Metric(name, float(getattr(result, name)), now, 0))
         for chunk in _chunks(metrics, _MAX_METRICS):
             self.client.log_batch(run_id, metrics=chunk)
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def finish_infeasible(self, run_id: str, reason: str, params: int, macs: int) -> None:
+        """Closes the run of an architecture rejected before training."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric("params", float(params), now, 0), Metric("macs", float(macs), now, 0)],
+            tags=[RunTag("cnnas.infeasible", reason[:_TAG_LIMIT])],
+        )
         self.client.set_terminated(run_id, status="FINISHED")
 
     def fail_trial(self, run_id: str, reason: str, *, killed: bool = False) -> None:

@@ -29,6 +29,7 @@ from ._study import (
     prepare,
     replace_cfg,
     run_study,
+    state_counts,
     storage_location,
     trial_spec,
 )
@@ -74,10 +75,9 @@ def front_table(trials: Sequence[FrozenTrial]) -> str:
 
 
 def _state_line(study: optuna.Study) -> str:
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials"
+    counts = state_counts(study)
+    shown = [f"{int(v)} {k.removeprefix('trials_')}" for k, v in counts.items() if v]
+    return ", ".join(shown) or "no trials"
 
 
 def _print_front(study: optuna.Study, out: TextIO) -> None:
@@ -124,12 +124,16 @@ class _Progress:
         done = run.finished_count()
         front = pareto_front(run.study)
         best = max(front, key=lambda t: t.values[0]) if front else None
-        if trial.state == TrialState.COMPLETE:
-            a = trial.user_attrs
+        a = trial.user_attrs
+        if trial.state == TrialState.COMPLETE and "infeasible" in a:
+            what = f"infeasible, not trained: {a['infeasible']}"
+        elif trial.state == TrialState.COMPLETE:
             what = (
                 f"val_acc {a['val_acc']:.4f}  params {_human(a['params']):>7}  "
                 f"MACs {_human(a['macs']):>7}  {a['seconds']:6.1f}s"
             )
+            if "duplicate_of" in a:
+                what += f"  (same as trial {a['duplicate_of']}: not trained again)"
         else:
             reason = trial.user_attrs.get("fail_reason", "")
             what = f"{trial.state.name}" + (f": {reason.splitlines()[-1][:120]}" if reason else "")

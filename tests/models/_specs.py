@@ -7,14 +7,17 @@ Plain functions, not fixtures, because the specs parametrise tests at collection
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 from typing import Any
 
 from models import (
     ACTIVATIONS,
     AGGREGATIONS,
+    HEADS,
     PADDINGS,
     POOLS,
+    PREDICTIONS,
     ArchSpec,
     ConvBlock,
     DenseLayer,
@@ -43,6 +46,9 @@ def random_block(rng: random.Random) -> dict[str, Any]:
         "filters": rng.randint(1, 12),
         "kernel": rng.choice([1, 3, 3, 5, 7, 9]),
         "convs": rng.randint(1, 3),
+        # Drawn on every kernel: on 1x1 and 3x3 ones it is an inactive field the round trip and
+        # the hash still have to handle.
+        "factorize": rng.random() < 0.5,
         "padding": rng.choice(PADDINGS),
         "batch_norm": rng.random() < 0.5,
         "activation": rng.choice(ACTIVATIONS),
@@ -60,14 +66,29 @@ def random_dense(rng: random.Random) -> dict[str, Any]:
     }
 
 
+def _aux_weight(rng: random.Random) -> float:
+    # The bounds, tidy values, and an arbitrary float for the JSON round trip.
+    return rng.choice([0.0, 0.5, 1.0, 100.0, rng.random() * 5])
+
+
 def random_spec_dict(rng: random.Random) -> dict[str, Any]:
-    """A random spec as a dict; it may describe a network whose feature map collapses."""
+    """A random spec as a dict; it may describe a network whose feature map collapses.
+
+    ``heads`` is 'multi' only with the 'multiscale' aggregation it needs (any other combination is
+    a validation error, not a collapse); ``aux_weight`` and ``predict`` are drawn for single-head
+    specs too, where they are inactive.
+    """
+    aggregation = rng.choice(AGGREGATIONS)
+    multi = aggregation == "multiscale" and rng.random() < 0.6
     return {
         "input_shape": list(rng.choice(RANDOM_INPUT_SHAPES)),
         "num_classes": rng.randint(2, 12),
         "blocks": [random_block(rng) for _ in range(rng.randint(1, 4))],
-        "aggregation": rng.choice(AGGREGATIONS),
+        "aggregation": aggregation,
         "dense": [random_dense(rng) for _ in range(rng.randint(0, 3))],
+        "heads": "multi" if multi else "single",
+        "aux_weight": _aux_weight(rng),
+        "predict": rng.choice(PREDICTIONS),
     }
 
 
@@ -82,6 +103,9 @@ def make_spec(data: dict[str, Any], rng: random.Random) -> ArchSpec:
         blocks=seq(ConvBlock(**b) for b in data["blocks"]),
         aggregation=data["aggregation"],
         dense=seq(DenseLayer(**d) for d in data["dense"]),
+        heads=data["heads"],
+        aux_weight=data["aux_weight"],
+        predict=data["predict"],
     )
 
 
@@ -119,14 +143,27 @@ def random_params() -> list[Any]:
 # block or dense layer it concerns), so a failure names the option that broke.
 OPTIONS: dict[str, tuple[Any, ...]] = {
     "activation": ACTIVATIONS,
-    "pool": POOLS,
+    "pool": POOLS,  # 'conv' included: the learnable stride-2 convolution
     "padding": PADDINGS,
     "aggregation": AGGREGATIONS,
     "batch_norm": (False, True),
     "convs": (1, 2, 3),
     "kernel": (1, 3, 5, 7),
+    "factorize": (False, True),
     "dropout": (0.0, 0.3),
     "dense": (0, 1, 2),
+    "heads": HEADS,
+    "predict": PREDICTIONS,
+    "aux_weight": (0.0, 0.5),
+}
+
+# Options that only mean something next to others: each of their grid specs is crossed with every
+# value listed here (factorize needs a kernel above 3, the head options a multi-scale network).
+_NEEDS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "factorize": {"kernel": (5, 7)},
+    "heads": {"aggregation": ("multiscale",)},
+    "predict": {"aggregation": ("multiscale",), "heads": ("multi",)},
+    "aux_weight": {"aggregation": ("multiscale",), "heads": ("multi",)},
 }
 
 
@@ -134,6 +171,7 @@ def _base(input_shape: tuple[int, int, int], **opts: Any) -> ArchSpec:
     block = {
         "kernel": opts.get("kernel", 3),
         "convs": opts.get("convs", 1),
+        "factorize": opts.get("factorize", False),
         "padding": opts.get("padding", "same"),
         "batch_norm": opts.get("batch_norm", False),
         "activation": opts.get("activation", "relu"),
@@ -149,6 +187,9 @@ def _base(input_shape: tuple[int, int, int], **opts: Any) -> ArchSpec:
         blocks=(ConvBlock(filters=4, **block), ConvBlock(filters=8, **block)),
         aggregation=opts.get("aggregation", "flatten"),
         dense=(dense,) * opts.get("dense", 1),
+        heads=opts.get("heads", "single"),
+        aux_weight=opts.get("aux_weight", 1.0),
+        predict=opts.get("predict", "main"),
     )
 
 
@@ -165,6 +206,39 @@ _COMBOS: dict[str, dict[str, Any]] = {
     },
     "valid-k5-convs2-avg": {"padding": "valid", "kernel": 5, "convs": 2, "pool": "avg"},
     "valid-k5-bn-nopool": {"padding": "valid", "kernel": 5, "batch_norm": True, "pool": "none"},
+    # Seed 000's three-headed network with seed 002's learnable pools and factorised 5x5s.
+    "multi-mean-convpool-f5-bn": {
+        "aggregation": "multiscale",
+        "heads": "multi",
+        "predict": "mean",
+        "aux_weight": 0.5,
+        "pool": "conv",
+        "kernel": 5,
+        "factorize": True,
+        "batch_norm": True,
+        "dropout": 0.3,
+        "dense": 2,
+    },
+    "multi-main-valid-f7-avg": {
+        "aggregation": "multiscale",
+        "heads": "multi",
+        "padding": "valid",
+        "kernel": 7,
+        "factorize": True,
+        "pool": "avg",
+        "activation": "tanh",
+    },
+    # The last map is 1x1 on 28x28 (one head), 2x2 on 32x32 (two) and 10x10 on 64x64 (three).
+    "multi-mean-valid-k5x2-convpool": {
+        "aggregation": "multiscale",
+        "heads": "multi",
+        "predict": "mean",
+        "padding": "valid",
+        "kernel": 5,
+        "convs": 2,
+        "pool": "conv",
+        "dense": 0,
+    },
 }
 
 
@@ -174,8 +248,12 @@ def grid_specs() -> list[tuple[str, ArchSpec]]:
     for shape in GRID_INPUT_SHAPES:
         sid = "x".join(map(str, shape))
         for name, values in OPTIONS.items():
+            needs = _NEEDS.get(name, {})
             for value in values:
-                out.append((f"{name}={value}-{sid}", _base(shape, **{name: value})))
+                for combo in itertools.product(*needs.values()):
+                    opts = {name: value, **dict(zip(needs, combo, strict=True))}
+                    tag = "-".join(f"{k}={v}" for k, v in opts.items())
+                    out.append((f"{tag}-{sid}", _base(shape, **opts)))
         for name, opts in _COMBOS.items():
             out.append((f"{name}-{sid}", _base(shape, **opts)))
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -14,11 +15,13 @@ from models import (
     ConvBlock,
     DenseLayer,
     Layer,
+    MultiScale,
     SpecError,
     build,
     count_macs,
     count_params,
     infer_shapes,
+    multiscale_sections,
     out_size,
 )
 from tests.models._specs import grid_params, grid_specs, random_params, random_specs
@@ -123,6 +126,36 @@ _COLLAPSES = [
         "1x1 -> -1x-1",
         id="28-valid-pools",
     ),
+    # A factorised kernel collapses at the 3x3 convolution that runs out of map, and says so.
+    pytest.param(
+        (1, 5, 5),
+        [ConvBlock(4, kernel=7, factorize=True, padding="valid")],
+        "blocks[0].conv2",
+        "1x1 -> -1x-1 (3x3 valid)",
+        id="factorized-valid-k7-5x5",
+    ),
+    pytest.param(
+        (1, 5, 5),
+        [ConvBlock(4, kernel=7, padding="valid")],
+        "blocks[0].conv0",
+        "5x5 -> -1x-1 (7x7 valid)",
+        id="unfactorized-valid-k7-5x5",
+    ),
+    pytest.param(
+        (1, 8, 8),
+        [ConvBlock(4, kernel=5, convs=2, factorize=True, padding="valid")],
+        "blocks[0].conv3",
+        "2x2 -> 0x0",
+        id="factorized-valid-k5-convs2",
+    ),
+    # A conv pool never collapses a map, but the block after it still may.
+    pytest.param(
+        (1, 8, 8),
+        [ConvBlock(4, pool="conv")] * 5 + [ConvBlock(4, kernel=3, padding="valid")],
+        "blocks[5].conv0",
+        "1x1 -> -1x-1",
+        id="conv-pools-then-valid",
+    ),
 ]
 
 
@@ -213,6 +246,181 @@ def test_walk_on_a_hand_spec():
     assert count_macs(spec) == sum(row[5] for row in got)
 
 
+# --------------------------------------------------------------------------------------------
+# factorised convolutions
+# --------------------------------------------------------------------------------------------
+
+
+def _agg_in(spec: ArchSpec) -> tuple[int, ...]:
+    return next(la for la in infer_shapes(spec) if la.kind == "aggregate").in_shape
+
+
+def test_factorized_7x7_same_is_three_3x3_convs():
+    factorized = ArchSpec((1, 28, 28), 10, (ConvBlock(8, kernel=7, factorize=True),))
+    plain = ArchSpec((1, 28, 28), 10, (ConvBlock(8, kernel=7),))
+    convs = [la for la in infer_shapes(factorized) if la.kind == "conv"]
+    assert [la.name for la in convs] == [f"features.0.conv{i}" for i in range(3)]
+    assert [la.in_shape for la in convs] == [(1, 28, 28), (8, 28, 28), (8, 28, 28)]
+    assert all(la.out_shape == (8, 28, 28) for la in convs)
+    assert [la.params for la in convs] == [8 * 9 + 8, 8 * 8 * 9 + 8, 8 * 8 * 9 + 8]
+    # 'same' padding: both keep 28x28, so the heads are identical.
+    assert _agg_in(factorized) == _agg_in(plain) == (8, 28, 28)
+    assert [la.name for la in infer_shapes(plain) if la.kind == "conv"] == ["features.0.conv0"]
+    modules = dict(build(factorized).named_modules())
+    assert all(modules[la.name].kernel_size == (3, 3) for la in convs)
+    assert "features.0.conv3" not in modules
+
+
+@pytest.mark.parametrize(
+    ("kernel", "n", "expected"), [(5, 8, 4), (7, 8, 2), (5, 28, 24), (9, 9, 1)]
+)
+def test_factorized_valid_shrinks_like_the_kernel(kernel: int, n: int, expected: int):
+    factorized = ArchSpec(
+        (1, n, n), 2, (ConvBlock(3, kernel=kernel, factorize=True, padding="valid"),)
+    )
+    plain = ArchSpec((1, n, n), 2, (ConvBlock(3, kernel=kernel, padding="valid"),))
+    assert _agg_in(factorized) == _agg_in(plain) == (3, expected, expected)
+    convs = [la for la in infer_shapes(factorized) if la.kind == "conv"]
+    assert len(convs) == (kernel - 1) // 2
+    # Each 3x3 'valid' convolution takes 2 off each side.
+    assert [la.out_shape[1] for la in convs] == [n - 2 * (i + 1) for i in range(len(convs))]
+    _check_walk_against_module(factorized)
+
+
+def test_factorized_valid_5x5_on_8x8_by_hand():
+    spec = ArchSpec((1, 8, 8), 2, (ConvBlock(3, kernel=5, factorize=True, padding="valid"),))
+    got = [(la.name, la.out_shape) for la in infer_shapes(spec) if la.kind == "conv"]
+    assert got == [("features.0.conv0", (3, 6, 6)), ("features.0.conv1", (3, 4, 4))]
+
+
+def test_factorize_is_inactive_on_small_kernels():
+    for kernel in (1, 3):
+        for padding in ("same", "valid"):
+            on = ArchSpec((1, 9, 9), 2, (ConvBlock(3, kernel, factorize=True, padding=padding),))
+            off = ArchSpec((1, 9, 9), 2, (ConvBlock(3, kernel, padding=padding),))
+            assert infer_shapes(on) == infer_shapes(off)
+
+
+# --------------------------------------------------------------------------------------------
+# conv pools
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8, 13, 28])
+def test_conv_pool_is_ceil_half(n: int):
+    spec = ArchSpec((2, n, n + 1), 3, (ConvBlock(4, kernel=1, pool="conv"),))
+    pool = next(la for la in infer_shapes(spec) if la.name == "features.0.pool")
+    assert pool.kind == "conv"
+    assert pool.out_shape == (4, math.ceil(n / 2), math.ceil((n + 1) / 2))
+    assert pool.params == 4 * 4 * 9 + 4
+    assert pool.macs == 4 * 4 * 9 * pool.out_shape[1] * pool.out_shape[2]
+    _check_walk_against_module(spec)
+
+
+def test_conv_pool_by_hand():
+    spec = ArchSpec((1, 7, 7), 3, (ConvBlock(4, pool="conv", batch_norm=True, dropout=0.1),))
+    got = [(la.name, la.kind, la.out_shape) for la in infer_shapes(spec)]
+    assert got[:7] == [
+        ("features.0.conv0", "conv", (4, 7, 7)),
+        ("features.0.bn0", "bn", (4, 7, 7)),
+        ("features.0.act0", "act", (4, 7, 7)),
+        ("features.0.pool", "conv", (4, 4, 4)),
+        ("features.0.pool_bn", "bn", (4, 4, 4)),
+        ("features.0.pool_act", "act", (4, 4, 4)),
+        ("features.0.drop", "dropout", (4, 4, 4)),
+    ]
+
+
+def test_conv_pool_never_collapses():
+    # Eight stride-2 convolutions on 8x8: 8 -> 4 -> 2 -> 1 -> 1 -> ... where max pools collapse.
+    spec = ArchSpec((1, 8, 8), 3, [ConvBlock(2, pool="conv")] * 8)
+    pools = [la.out_shape for la in infer_shapes(spec) if la.name.endswith(".pool")]
+    assert pools == [(2, 4, 4), (2, 2, 2)] + [(2, 1, 1)] * 6
+    with pytest.raises(SpecError, match="collapses"):
+        ArchSpec((1, 8, 8), 3, [ConvBlock(2, pool="max")] * 8)
+    _check_walk_against_module(spec)
+    # A 1x1 input stays 1x1.
+    tiny = ArchSpec((1, 1, 1), 2, (ConvBlock(2, pool="conv"), ConvBlock(2, pool="conv")))
+    assert _agg_in(tiny) == (2, 1, 1)
+    _check_walk_against_module(tiny)
+
+
+# --------------------------------------------------------------------------------------------
+# multi-scale aggregation
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "windows"),
+    [
+        ((8, 7, 7), (1, 2, 4)),
+        ((8, 4, 4), (1, 2, 4)),
+        ((8, 3, 3), (1, 2)),
+        ((8, 2, 2), (1, 2)),
+        ((8, 1, 1), (1,)),
+        ((1, 16, 3), (1, 2)),
+        ((1, 1, 9), (1,)),
+        ((1, 5, 4), (1, 2, 4)),
+    ],
+)
+def test_multiscale_sections(shape: tuple[int, int, int], windows: tuple[int, ...]):
+    assert multiscale_sections(shape) == windows
+
+
+def _multiscale(hw: int, heads: str = "single") -> ArchSpec:
+    """A network whose last map is 8 x hw x hw, aggregated at several scales."""
+    return ArchSpec(
+        (1, hw, hw), 10, (ConvBlock(8),), aggregation="multiscale", heads=heads, predict="mean"
+    )
+
+
+def test_multiscale_7x7x8_by_hand():
+    spec = _multiscale(7, heads="multi")
+    walk = {la.name: la for la in infer_shapes(spec)}
+    assert walk["aggregate.pool2"].out_shape == (8, 3, 3)
+    assert walk["aggregate.pool4"].out_shape == (8, 1, 1)
+    assert walk["aggregate"].in_shape == (8, 7, 7)
+    assert walk["aggregate"].out_shape == (392 + 72 + 8,) == (472,)
+    assert walk["classifier"].in_shape == (472,)
+    assert (walk["aux_heads.0"].in_shape, walk["aux_heads.1"].in_shape) == ((72,), (8,))
+    assert walk["aux_heads.0"].params == 72 * 10 + 10
+    assert walk["aux_heads.1"].macs == 8 * 10
+    assert "aux_heads.2" not in walk
+    single = {la.name: la for la in infer_shapes(_multiscale(7))}
+    assert single["aggregate"].out_shape == (472,)
+    assert not any(n.startswith("aux_heads") for n in single)
+    _check_walk_against_module(spec)
+
+
+def test_multiscale_3x3_has_no_4x4_section():
+    spec = _multiscale(3, heads="multi")
+    names = [la.name for la in infer_shapes(spec)]
+    assert "aggregate.pool2" in names and "aggregate.pool4" not in names
+    assert [n for n in names if n.startswith("aux_heads")] == ["aux_heads.0"]
+    agg = next(la for la in infer_shapes(spec) if la.name == "aggregate")
+    assert agg.out_shape == (8 * 9 + 8 * 1,)
+    model = build(spec)
+    assert not hasattr(model.aggregate, "pool4") and len(model.aux_heads) == 1
+    _check_walk_against_module(spec)
+
+
+def test_multiscale_1x1_is_the_map_alone():
+    spec = _multiscale(1, heads="multi")
+    walk = infer_shapes(spec)
+    names = [la.name for la in walk]
+    assert not any(n.startswith(("aggregate.pool", "aux_heads")) for n in names)
+    agg = next(la for la in walk if la.name == "aggregate")
+    assert agg.in_shape == (8, 1, 1) and agg.out_shape == (8,)
+    # The same features as plain flattening: multi-head degrades to the main head alone.
+    flat = ArchSpec((1, 1, 1), 10, (ConvBlock(8),))
+    assert count_params(spec) == count_params(flat)
+    assert count_macs(spec) == count_macs(flat)
+    model = build(spec)
+    assert len(model.aux_heads) == 0
+    assert len(model.forward_heads(torch.randn(2, 1, 1, 1))) == 1
+    _check_walk_against_module(spec)
+
+
 def test_gap_aggregate_is_channels():
     spec = ArchSpec((3, 32, 32), 4, (ConvBlock(6, pool="max"),), aggregation="gap")
     agg = next(la for la in infer_shapes(spec) if la.kind == "aggregate")
@@ -222,12 +430,21 @@ def test_gap_aggregate_is_channels():
 
 def test_walk_is_chained():
     for spec in (*random_specs()[0], *(s for _, s in grid_specs())):
-        shapes = infer_shapes(spec)
+        walk = infer_shapes(spec)
+        # Side branches (multi-scale pools, extra heads) read a map without feeding the chain.
+        branch = ("aggregate.pool", "aux_heads.")
+        shapes = [la for la in walk if not la.name.startswith(branch)]
         assert shapes[0].in_shape == spec.input_shape
         for prev, cur in itertools.pairwise(shapes):
             assert cur.in_shape == prev.out_shape, cur.name
         assert shapes[-1].name == "classifier"
         assert shapes[-1].out_shape == (spec.num_classes,)
+        aggregate = next(la for la in walk if la.name == "aggregate")
+        for la in walk:
+            if la.name.startswith("aggregate.pool"):
+                assert la.in_shape == aggregate.in_shape, la.name
+            if la.name.startswith("aux_heads."):
+                assert la.out_shape == (spec.num_classes,), la.name
         assert all(la.params >= 0 and la.macs >= 0 for la in shapes)
 
 
@@ -250,6 +467,8 @@ def _hooked_shapes(spec: ArchSpec) -> dict[str, tuple[tuple[int, ...], tuple[int
         def hook(mod, inputs, output, name=layer.name):
             # Shapes are read at call time: the in-place activations that follow may reuse the
             # tensor but never change its shape.
+            if isinstance(output, list):  # multi-scale sections, concatenated by the network
+                output = torch.cat(output, 1)
             seen[name] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
 
         handles.append(module.register_forward_hook(hook))
@@ -291,10 +510,11 @@ def test_walk_names_are_the_module_tree(spec: ArchSpec):
     leaves = {
         n
         for n, m in model.named_modules()
-        if not list(m.children()) and not isinstance(m, nn.Sequential)
+        if not list(m.children()) and not isinstance(m, (nn.Sequential, nn.ModuleList))
     }
-    leaves = {n for n in leaves if not n.startswith("aggregate.")}
-    if spec.aggregation == "gap":
+    if spec.aggregation == "gap":  # GAP's pool and flatten are one layer of the walk
+        leaves = {n for n in leaves if not n.startswith("aggregate.")} | {"aggregate"}
+    if spec.aggregation == "multiscale":  # the sections' container is the walk's aggregate
         leaves.add("aggregate")
     assert leaves == names
     kinds = {la.name: la.kind for la in infer_shapes(spec)}
@@ -309,3 +529,7 @@ def test_walk_names_are_the_module_tree(spec: ArchSpec):
     for name, kind in kinds.items():
         if kind in expected:
             assert isinstance(modules[name], expected[kind]), (name, modules[name])
+        if name.startswith("aggregate.pool"):  # the multi-scale sections are max pools
+            assert isinstance(modules[name], nn.MaxPool2d), name
+    if spec.aggregation == "multiscale":
+        assert isinstance(modules["aggregate"], MultiScale)

@@ -16,12 +16,16 @@ import pytest
 from models import (
     ACTIVATIONS,
     AGGREGATIONS,
+    HEADS,
     PADDINGS,
     POOLS,
+    PREDICTIONS,
     ArchSpec,
     ConvBlock,
     DenseLayer,
     SpecError,
+    infer_shapes,
+    multiscale_sections,
 )
 from tests.models._specs import grid_specs, random_params, random_specs
 
@@ -66,6 +70,19 @@ def test_random_generator_yields_enough_valid_specs():
     assert {len(s.blocks) for s in specs} >= {1, 2, 3}
     assert any(b.dropout > 0 for b in blocks)
     assert any(d.dropout > 0 for d in dense)
+    # The new options: factorisation active and inactive, and every head setting.
+    assert {b.factorize for b in blocks if b.kernel > 3} == {False, True}
+    assert {b.factorize for b in blocks if b.kernel <= 3} == {False, True}
+    assert {s.heads for s in specs if s.aggregation == "multiscale"} == set(HEADS)
+    multi = [s for s in specs if s.heads == "multi"]
+    assert {s.predict for s in multi} == set(PREDICTIONS)
+    assert {s.predict for s in specs if s.heads == "single"} == set(PREDICTIONS)
+    assert {0.0, 100.0} <= {s.aux_weight for s in specs}
+    assert any(w not in (0.0, 0.5, 1.0, 100.0) for w in (s.aux_weight for s in multi))
+    assert any(b.pool == "conv" for s in multi for b in s.blocks)
+    # Multi-head specs whose last map allows three, two and one head (the tiny inputs).
+    maps = [next(la for la in infer_shapes(s) if la.kind == "aggregate").in_shape for s in multi]
+    assert {len(multiscale_sections(m)) for m in maps} == {1, 2, 3}
 
 
 @pytest.mark.parametrize("spec", random_params())
@@ -80,6 +97,33 @@ def test_round_trip_random(spec: ArchSpec):
 def test_round_trip_grid(spec: ArchSpec):
     assert ArchSpec.from_dict(spec.to_dict()) == spec
     assert ArchSpec.from_json(spec.to_json()) == spec
+
+
+def test_round_trip_new_fields():
+    spec = small_spec(
+        blocks=(
+            ConvBlock(8, kernel=7, factorize=True, pool="conv", batch_norm=True),
+            ConvBlock(16, kernel=3, factorize=True, pool="max"),
+        ),
+        aggregation="multiscale",
+        heads="multi",
+        aux_weight=0.123456789012345,
+        predict="mean",
+    )
+    data = json.loads(spec.to_json())
+    assert [b["factorize"] for b in data["blocks"]] == [True, True]
+    assert data["blocks"][0]["pool"] == "conv"
+    assert (data["aggregation"], data["heads"], data["predict"]) == ("multiscale", "multi", "mean")
+    assert data["aux_weight"] == 0.123456789012345
+    back = ArchSpec.from_json(spec.to_json())
+    assert back == spec
+    assert back.blocks[1].factorize is True  # inactive, yet kept by the round trip
+    assert back.spec_hash() == spec.spec_hash()
+    assert ArchSpec.from_dict(spec.to_dict()) == spec
+    # An integer weight is stored as a float, so 1 and 1.0 are one spec.
+    assert small_spec(aux_weight=1) == small_spec(aux_weight=1.0)
+    assert type(small_spec(aux_weight=2).aux_weight) is float
+    assert type(small_spec(aux_weight=2).to_dict()["aux_weight"]) is float
 
 
 def _assert_plain_json(value: Any, where: str = "$") -> None:
@@ -102,9 +146,11 @@ def test_json_is_plain_types():
         _assert_plain_json(data)
         assert set(data) == {f.name for f in dataclasses.fields(ArchSpec)}
         assert data["input_shape"] == list(spec.input_shape)
+        assert type(data["aux_weight"]) is float
         for b in data["blocks"]:
             assert set(b) == {f.name for f in dataclasses.fields(ConvBlock)}
             assert type(b["dropout"]) is float
+            assert type(b["factorize"]) is bool
         for d in data["dense"]:
             assert set(d) == {f.name for f in dataclasses.fields(DenseLayer)}
 
@@ -165,10 +211,12 @@ def test_defaults():
     b = ConvBlock(8)
     got = (b.kernel, b.convs, b.padding, b.batch_norm, b.activation, b.pool, b.dropout)
     assert got == (3, 1, "same", False, "relu", "none", 0.0)
+    assert b.factorize is False
     d = DenseLayer(8)
     assert (d.activation, d.dropout) == ("relu", 0.0)
     s = ArchSpec((1, 8, 8), 2, (b,))
     assert s.aggregation == "flatten" and s.dense == ()
+    assert (s.heads, s.aux_weight, s.predict) == ("single", 1.0, "main")
     # Defaults may be left out of a dict.
     data = {"input_shape": [1, 8, 8], "num_classes": 2, "blocks": [{"filters": 8}]}
     assert ArchSpec.from_dict(data) == s
@@ -228,6 +276,38 @@ _ERRORS: list[tuple[str, Callable[[], Any], str, tuple[str, ...]]] = [
     ("dense=layer", lambda: small_spec(dense=DenseLayer(4)), "dense", ("list",)),
     ("aggregation", lambda: small_spec(aggregation="concat"), "aggregation",
      ("'concat'", *AGGREGATIONS)),
+    # The new options.
+    ("factorize='yes'", lambda: ConvBlock(8, kernel=5, factorize="yes"), "factorize",
+     ("'yes'",)),
+    ("factorize=1", lambda: ConvBlock(8, kernel=5, factorize=1), "factorize", ()),
+    ("factorize=None on 3x3", lambda: ConvBlock(8, factorize=None), "factorize", ()),
+    ("heads", lambda: small_spec(heads="three"), "heads", ("'three'", *HEADS)),
+    ("heads=multi flatten", lambda: small_spec(heads="multi"), "heads",
+     ("multiscale", "'flatten'")),
+    ("heads=multi gap", lambda: small_spec(aggregation="gap", heads="multi"), "heads",
+     ("multiscale", "'gap'")),
+    ("aux_weight=-1", lambda: small_spec(aux_weight=-1), "aux_weight", ("[0, 100]", "-1")),
+    ("aux_weight=101", lambda: small_spec(aux_weight=101), "aux_weight", ("[0, 100]",)),
+    ("aux_weight=100.5", lambda: small_spec(aux_weight=100.5), "aux_weight", ()),
+    ("aux_weight='x'", lambda: small_spec(aux_weight="x"), "aux_weight", ("'x'",)),
+    ("aux_weight=True", lambda: small_spec(aux_weight=True), "aux_weight", ("True",)),
+    ("aux_weight=None", lambda: small_spec(aux_weight=None), "aux_weight", ()),
+    ("aux_weight=nan", lambda: small_spec(aux_weight=float("nan")), "aux_weight", ()),
+    ("aux_weight=inf", lambda: small_spec(aux_weight=float("inf")), "aux_weight", ()),
+    ("aux_weight multi", lambda: small_spec(aggregation="multiscale", heads="multi",
+                                            aux_weight=-0.5), "aux_weight", ()),
+    ("predict", lambda: small_spec(predict="vote"), "predict", ("'vote'", *PREDICTIONS)),
+    ("predict=None", lambda: small_spec(predict=None), "predict", PREDICTIONS),
+    ("pool=Conv", lambda: ConvBlock(8, pool="Conv"), "pool", ("'Conv'", *POOLS)),
+    ("from_dict blocks[1].factorize",
+     lambda: ArchSpec.from_dict(small_dict(blocks=[{"filters": 8},
+                                                   {"filters": 8, "factorize": "true"}])),
+     "blocks[1].factorize", ()),
+    ("from_json heads=multi",
+     lambda: ArchSpec.from_json(json.dumps(small_dict(heads="multi"))), "heads",
+     ("multiscale",)),
+    ("from_json aux_weight",
+     lambda: ArchSpec.from_json(json.dumps(small_dict(aux_weight="0.5"))), "aux_weight", ()),
     # Nested paths through from_dict.
     ("from_dict blocks[1].kernel",
      lambda: ArchSpec.from_dict(small_dict(blocks=[{"filters": 8}, {"filters": 8, "kernel": 4}])),
@@ -342,6 +422,15 @@ def test_boundary_values_are_valid():
     DenseLayer(1, dropout=0.5)
     small_spec(num_classes=2)
     ArchSpec((1, 1, 1), 2, (ConvBlock(1),))
+    ConvBlock(1, kernel=15, factorize=True, convs=8)
+    ConvBlock(1, kernel=1, factorize=True)
+    multi = {"aggregation": "multiscale", "heads": "multi"}
+    assert small_spec(**multi, aux_weight=0).aux_weight == 0.0
+    assert small_spec(**multi, aux_weight=100).aux_weight == 100.0
+    ArchSpec((1, 1, 1), 2, (ConvBlock(1, pool="conv"),), **multi)
+    # Multi-scale without extra heads, and the head options on single-head specs, are valid.
+    small_spec(aggregation="multiscale")
+    small_spec(aux_weight=50.0, predict="mean")
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +450,7 @@ def test_spec_hash_is_16_hex_and_stable_across_round_trip():
 def test_spec_hash_is_a_constant_across_processes():
     # sha256 of canonical JSON, not Python's salted hash(): pin one value.
     spec = ArchSpec((1, 8, 8), 2, (ConvBlock(1),))
-    canonical = json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(spec.canonical_dict(), sort_keys=True, separators=(",", ":"))
     import hashlib
 
     assert spec.spec_hash() == hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -381,8 +470,10 @@ def _mutations() -> list[tuple[str, ArchSpec]]:
         "pool": "avg",
         "dropout": 0.25,
     }
+    # factorize is active only on kernels above 3; it is mutated on a 5x5 block below.
+    block_fields = {f.name for f in dataclasses.fields(ConvBlock)} - {"factorize"}
     dense_changes = {"width": 33, "activation": "tanh", "dropout": 0.5}
-    assert set(block_changes) == {f.name for f in dataclasses.fields(ConvBlock)}
+    assert set(block_changes) == block_fields
     assert set(dense_changes) == {f.name for f in dataclasses.fields(DenseLayer)}
     out = [("base", base)]
     out += [("input_shape", small_spec(input_shape=(3, 28, 28)))]
@@ -398,7 +489,78 @@ def _mutations() -> list[tuple[str, ArchSpec]]:
     for name, value in dense_changes.items():
         changed = dataclasses.replace(d0, **{name: value})
         out.append((f"dense[0].{name}", small_spec(dense=(changed,))))
+    factorized = dataclasses.replace(b0, kernel=5, factorize=True)
+    out.append(("blocks[0].factorize", small_spec(blocks=(factorized, *base.blocks[1:]))))
+    out.append(("aggregation.multiscale", small_spec(aggregation="multiscale")))
+    multi = {"aggregation": "multiscale", "heads": "multi"}
+    out.append(("heads", small_spec(**multi)))
+    out.append(("aux_weight", small_spec(**multi, aux_weight=0.5)))
+    out.append(("predict", small_spec(**multi, predict="mean")))
     return out
+
+
+def test_spec_hash_ignores_inactive_fields():
+    base = small_spec()
+    b0 = base.blocks[0]
+    assert b0.kernel == 3
+    factorized = dataclasses.replace(b0, factorize=True)  # nothing to factorise in a 3x3
+    same = small_spec(blocks=(factorized, *base.blocks[1:]))
+    assert same != base and same.spec_hash() == base.spec_hash()
+    assert "factorize" not in same.canonical_dict()["blocks"][0]
+    # Head options mean nothing for a single-head network.
+    single = small_spec(aux_weight=0.25, predict="mean")
+    assert single != base and single.spec_hash() == base.spec_hash()
+    assert "predict" not in single.canonical_dict()
+
+
+def test_inactive_fields():
+    assert small_spec().inactive() == ("heads", "aux_weight", "predict")
+    assert small_spec(aggregation="multiscale").inactive() == ("heads", "aux_weight", "predict")
+    assert small_spec(aggregation="multiscale", heads="multi").inactive() == ()
+    multi = small_spec(aggregation="multiscale", heads="multi", predict="mean")
+    assert {"aux_weight", "predict", "heads"} <= set(multi.canonical_dict())
+    single = small_spec(aggregation="multiscale")
+    assert set(single.to_dict()) - set(single.canonical_dict()) == {
+        "heads",
+        "aux_weight",
+        "predict",
+    }
+    # Factorisation is dropped block by block, only where the kernel is 3 or less.
+    spec = small_spec(
+        blocks=(ConvBlock(8, kernel=5, factorize=True), ConvBlock(4, kernel=3, factorize=True))
+    )
+    blocks = spec.canonical_dict()["blocks"]
+    assert blocks[0]["factorize"] is True and "factorize" not in blocks[1]
+    # canonical_dict leaves the spec's own dict alone.
+    assert spec.to_dict()["blocks"][1]["factorize"] is True
+
+
+def test_spec_hash_follows_active_head_options():
+    multi = {"aggregation": "multiscale", "heads": "multi"}
+    hashes = {
+        small_spec(**multi, aux_weight=w, predict=p).spec_hash()
+        for w in (0.0, 0.5, 1.0)
+        for p in PREDICTIONS
+    }
+    assert len(hashes) == 6
+    # Unfactorised is the default: writing it out or leaving it out is one network.
+    assert (
+        small_spec(blocks=(ConvBlock(8, kernel=5, factorize=False),)).spec_hash()
+        == small_spec(blocks=(ConvBlock(8, kernel=5),)).spec_hash()
+    )
+
+
+def test_spec_hash_ignores_head_options_without_extra_heads():
+    def spec(**changes: Any) -> ArchSpec:
+        return ArchSpec(
+            (1, 1, 1), 3, (ConvBlock(2),), aggregation="multiscale", heads="multi", **changes
+        )
+
+    from models import build
+
+    assert len(build(spec()).aux_heads) == 0
+    assert spec(aux_weight=0.5).spec_hash() == spec(aux_weight=2.0).spec_hash()
+    assert spec(predict="mean").spec_hash() == spec(predict="main").spec_hash()
 
 
 def test_spec_hash_differs_when_any_field_differs():
@@ -438,6 +600,18 @@ def test_summary_mentions_filters_and_aggregation():
     assert "gap" in s and "d128~0.5" in s
     assert s.endswith("| 10")
     assert "flatten" in small_spec().summary()
+    spec = small_spec(
+        blocks=(ConvBlock(8, kernel=5, factorize=True, pool="conv"), ConvBlock(4, factorize=True)),
+        aggregation="multiscale",
+        heads="multi",
+        aux_weight=0.5,
+        predict="mean",
+    )
+    s = spec.summary()
+    # The factorised 5x5 is marked, the 3x3 (where it is inactive) is not.
+    assert "8c5f>conv" in s and "4c3 " in s and "4c3f" not in s
+    assert "multiscale+heads(mean,0.5)" in s
+    assert "heads" not in small_spec(aggregation="multiscale", predict="mean").summary()
     for spec in random_specs()[0]:
         s = spec.summary()
         assert spec.aggregation in s

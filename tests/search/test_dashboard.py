@@ -48,7 +48,15 @@ def test_dashboard_shows_a_study_while_it_runs(tmp_path: Path) -> None:
                 "study": {"name": "live", "trials": 12, "project_dir": str(tmp_path / "runs")},
                 "data": {"dataset": "digits"},
                 "train": {"epochs": 4, "batch_size": 32},
-                "space": {"blocks": [1, 2], "base_filters": [8, 16], "dense_layers": [0, 1]},
+                "space": {
+                    "blocks": [1, 2],
+                    "convs": [1],
+                    "base_filters": [8, 16],
+                    "kernels": [3],
+                    "pools": ["max", "none"],
+                    "aggregations": ["flatten", "gap"],
+                    "dense_layers": [0, 1],
+                },
             }
         )
     )

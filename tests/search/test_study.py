@@ -23,8 +23,11 @@ TINY = {
         "blocks": [1, 2],
         "base_filters": [4, 8],
         "kernels": [3, 5],
-        "dense_layers": [0, 1],
-        "dense_width": [8, 32],
+        "dense_layers": {"min": 0, "max": 1},
+        "dense_width": {"min": 8, "max": 32},
+        "convs": [1],
+        "pools": ["max", "none"],
+        "aggregations": ["flatten", "gap"],
     },
 }
 
@@ -181,7 +184,8 @@ def test_a_short_fashion_mnist_study_from_the_cli(tmp_path, monkeypatch, capsys)
             "base_filters": [8],
             "pools": ["max"],
             "aggregations": ["flatten"],
-            "dense_layers": [0, 0],
+            "dense_layers": [0],
+            "heads": ["single"],
         },
     )
     assert cli.main(["study", "start", "--config", str(config)]) == 0
