@@ -1,8 +1,18 @@
-"""Architecture specs and the networks they describe. Imports only torch."""
+"""Architecture specs and the networks they describe. Imports only torch (and safetensors)."""
 
 from __future__ import annotations
 
 from ._build import CNN, MultiScale, build
+from ._io import (
+    META_FILE,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    ModelFileError,
+    load_model,
+    read_metadata,
+    save_model,
+    sha256_file,
+)
 from ._shapes import (
     Layer,
     count_macs,
@@ -29,19 +39,27 @@ __all__ = [
     "AGGREGATIONS",
     "CNN",
     "HEADS",
+    "META_FILE",
     "PADDINGS",
     "POOLS",
     "PREDICTIONS",
+    "SPEC_FILE",
+    "WEIGHTS_FILE",
     "ArchSpec",
     "ConvBlock",
     "DenseLayer",
     "Layer",
+    "ModelFileError",
     "MultiScale",
     "SpecError",
     "build",
     "count_macs",
     "count_params",
     "infer_shapes",
+    "load_model",
     "multiscale_sections",
     "out_size",
+    "read_metadata",
+    "save_model",
+    "sha256_file",
 ]

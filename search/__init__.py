@@ -11,6 +11,15 @@ from ._config import (
     load_config,
     load_mlflow_config,
 )
+from ._registry import (
+    RegistryError,
+    front_trials,
+    load,
+    parse_model_ref,
+    pull,
+    register_front,
+    test_accuracy,
+)
 from ._space import max_pools, suggest_spec
 from ._study import (
     StudyFailing,
@@ -29,20 +38,27 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "MlflowConfig",
+    "RegistryError",
     "SpaceConfig",
     "StudyConfig",
     "StudyFailing",
     "StudyMismatch",
     "StudyRun",
     "Tracker",
+    "front_trials",
+    "load",
     "load_config",
     "load_mlflow_config",
     "make_sampler",
     "max_pools",
     "open_storage",
     "pareto_front",
+    "parse_model_ref",
     "prepare",
+    "pull",
+    "register_front",
     "run_study",
     "suggest_spec",
+    "test_accuracy",
     "trial_spec",
 ]

@@ -23,6 +23,8 @@ from models import AGGREGATIONS, HEADS, POOLS, PREDICTIONS
 from objectives import DATASETS, Augment, TrainConfig
 from objectives._train import ACCELERATORS, PRECISIONS
 
+from ._aliases import CHAMPION_RULES, ChampionRule
+
 __all__ = [
     "COMPLEXITY",
     "SAMPLERS",
@@ -308,11 +310,48 @@ SPACE_PRESETS_VALUES: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
+class RegistrySection:
+    register: bool = _opt(
+        True, "Register the Pareto front in the MLflow model registry at the end of study start."
+    )
+    champion: str = _opt(
+        "most_accurate",
+        "Rule of the 'champion' alias: most_accurate (within the limits below), smallest_within, "
+        "knee, best_ratio.",
+        choices=CHAMPION_RULES,
+    )
+    champion_max_params: int | None = _opt(
+        None, "most_accurate: only members with at most this many parameters.", lo=1
+    )
+    champion_max_macs: int | None = _opt(
+        None, "most_accurate: only members with at most this many MACs.", lo=1
+    )
+    champion_within: float = _opt(
+        0.005,
+        "smallest_within: accuracy within this of the most accurate (0.005 = 0.5 points).",
+        lo=0.0,
+        hi=1.0,
+    )
+    refit_epochs: int | None = _opt(
+        None, "Epochs of a --refit on train + validation (null: twice train.epochs).", lo=1
+    )
+
+    def rule(self) -> ChampionRule:
+        return ChampionRule(
+            rule=self.champion,
+            max_params=self.champion_max_params,
+            max_macs=self.champion_max_macs,
+            within=self.champion_within,
+        )
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     study: StudySection = field(default_factory=StudySection)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSection = field(default_factory=TrainSection)
     space: SpaceConfig = field(default_factory=SpaceConfig)
+    registry: RegistrySection = field(default_factory=RegistrySection)
     mlflow: str | None = _opt(
         None,
         "Path of mlflow.yml (relative to this file); "
@@ -329,6 +368,11 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
+        """The config a study stored (``to_dict()``), checked like a file."""
+        return _build(cls, data, "")
+
 
 @dataclass(frozen=True)
 class MlflowConfig:
@@ -336,7 +380,10 @@ class MlflowConfig:
         None, "MLflow tracking URI; null: sqlite:///<project_dir>/mlflow.db."
     )
     experiment: str = _opt("cnnas", "MLflow experiment that holds the study runs.")
-    registered_model: str = _opt("cnnas", "Registered model that receives the Pareto models.")
+    registered_model: str = _opt(
+        "cnnas-{study}",
+        "Registered model that receives the Pareto models; {study} becomes the study's name.",
+    )
     artifact_location: str | None = _opt(
         None, "Artifact root of a new experiment; null: <project_dir>/mlartifacts."
     )

@@ -147,8 +147,12 @@ class StudyRun:
     def project_dir(self) -> Path:
         return Path(self.cfg.study.project_dir)
 
-    def open(self) -> None:
-        """Creates (or loads) the study and the MLflow parent run. The first write to disk."""
+    def open(self, *, reopen_parent: bool = True) -> None:
+        """Creates (or loads) the study and the MLflow parent run. The first write to disk.
+
+        ``reopen_parent=False`` (for commands that only read a finished study) leaves an
+        existing parent run's status alone.
+        """
         cfg = self.cfg
         directions = ["maximize", "minimize"]
         self.study = optuna.create_study(
@@ -169,13 +173,34 @@ class StudyRun:
                 f"study {cfg.study.name!r} optimises {stored}, but the config asks for {names} "
                 "(study.complexity); use another study.name"
             )
+        if "config" not in self.study.user_attrs:
+            # Later commands (pareto, register) rebuild the study's data and settings from this.
+            self.study.set_user_attr("config", _jsonable(cfg.to_dict()))
         self.study.set_user_attr("dataset", cfg.data.dataset)
         self.project_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = Tracker(self.mlflow_cfg, self.project_dir)
         existing = self.study.user_attrs.get(PARENT_RUN_ATTR)
+        if existing and not reopen_parent:
+            self.parent_run_id = existing
+            return
         self.parent_run_id = self.tracker.parent_run(cfg.study.name, existing, cfg.to_dict())
         if self.parent_run_id != existing:
             self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_run_id)
+
+    def model_extra(self, number: int, refit_epochs: int | None = None) -> dict[str, Any]:
+        """What a saved network needs besides its weights: preprocessing and provenance."""
+        data = self.data
+        extra: dict[str, Any] = {
+            "dataset": data.name,
+            "classes": list(data.classes),
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "study": self.cfg.study.name,
+            "trial": number,
+        }
+        if refit_epochs:
+            extra["refit_epochs"] = refit_epochs
+        return extra
 
     def finished_count(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=FINISHED))
@@ -225,6 +250,9 @@ class StudyRun:
         for key, value in result.metrics().items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("curves", result.curves)
+        if twin is None:
+            # The weights go with the run, so the front can be registered without retraining.
+            self.tracker.log_model(run_id, result.model, self.model_extra(trial.number))
         self.tracker.finish_trial(
             run_id, result, duplicate_of=twin.number if twin is not None else None
         )
@@ -302,6 +330,14 @@ def _result_of(trial: FrozenTrial) -> TrialResult:
 
 class StudyMismatch(ValueError):
     """An existing study cannot be resumed with this config."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _check_finite(result: TrialResult) -> None:

@@ -8,6 +8,7 @@ Everything goes through ``MlflowClient`` with explicit run ids rather than the f
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from models import ArchSpec
+from models import ArchSpec, save_model
 from objectives import TrialResult
 
 from ._config import MlflowConfig
@@ -100,11 +101,21 @@ class Tracker:
 
     # --- one run per trial --------------------------------------------------------------------
 
-    def start_trial(self, parent_id: str, study_name: str, number: int, spec: ArchSpec) -> str:
+    def start_trial(
+        self,
+        parent_id: str,
+        study_name: str,
+        number: int,
+        spec: ArchSpec,
+        *,
+        run_name: str | None = None,
+        extra_tags: Mapping[str, str] | None = None,
+    ) -> str:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"{study_name}-trial-{number}",
+            run_name=run_name or f"{study_name}-trial-{number}",
             tags={
+                **(extra_tags or {}),
                 "mlflow.parentRunId": parent_id,
                 "cnnas.study": study_name,
                 "cnnas.trial": str(number),
@@ -142,6 +153,18 @@ class Tracker:
         for chunk in _chunks(metrics, _MAX_METRICS):
             self.client.log_batch(run_id, metrics=chunk)
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def log_metrics(self, run_id: str, values: Mapping[str, float]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        self.client.log_batch(run_id, metrics=metrics)
+
+    def log_model(self, run_id: str, model: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """Saves the trained network (spec + safetensors + sha256) under the run's ``model/``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            meta = save_model(model, tmp, extra=dict(extra))
+            self.client.log_artifacts(run_id, tmp, "model")
+        return meta
 
     def finish_infeasible(self, run_id: str, reason: str, params: int, macs: int) -> None:
         """Closes the run of an architecture rejected before training."""

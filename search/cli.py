@@ -8,18 +8,39 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 import optuna
+import torch
+from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from models import ArchSpec, SpecError, count_macs, count_params, infer_shapes
-from objectives import DatasetError
+from models import (
+    ArchSpec,
+    ModelFileError,
+    SpecError,
+    count_macs,
+    count_params,
+    infer_shapes,
+    load_model,
+    read_metadata,
+)
+from objectives import DatasetError, load_dataset
 
 from ._config import ConfigError, StudyConfig, load_config, load_mlflow_config
+from ._plots import pareto_plot
+from ._registry import (
+    RegistryError,
+    confusion_matrix,
+    front_trials,
+    pull,
+    register_front,
+    test_accuracy,
+)
 from ._study import (
     StudyFailing,
     StudyMismatch,
@@ -54,11 +75,14 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
-def front_table(trials: Sequence[FrozenTrial]) -> str:
-    """Seed 003's columns for each trial, one row each."""
+def front_table(trials: Sequence[FrozenTrial], test_acc: dict[int, float] | None = None) -> str:
+    """Seed 003's columns for each trial, one row each (test accuracy once evaluated)."""
+    test_acc = test_acc or {}
     head = (
         f"{'trial':>5}  {'val_acc':>7}  {'train_acc':>9}  {'val_loss':>8}  {'train_loss':>10}  "
-        f"{'params':>8}  {'MACs':>8}  {'ratio':>9}  {'secs':>6}  architecture"
+        f"{'params':>8}  {'MACs':>8}  {'ratio':>9}  {'secs':>6}  "
+        + (f"{'test_acc':>8}  " if test_acc else "")
+        + "architecture"
     )
     rows = [head]
     for t in trials:
@@ -69,7 +93,9 @@ def front_table(trials: Sequence[FrozenTrial]) -> str:
             f"{a.get('train_acc', float('nan')):>9.4f}  {a.get('val_loss', float('nan')):>8.4f}  "
             f"{a.get('train_loss', float('nan')):>10.4f}  {_human(a.get('params', 0)):>8}  "
             f"{_human(a.get('macs', 0)):>8}  {a.get('ratio', float('nan')):>9.3e}  "
-            f"{a.get('seconds', float('nan')):>6.1f}  {spec.summary() if spec else '?'}"
+            f"{a.get('seconds', float('nan')):>6.1f}  "
+            + (f"{test_acc.get(t.number, float('nan')):>8.4f}  " if test_acc else "")
+            + (spec.summary() if spec else "?")
         )
     return "\n".join(rows)
 
@@ -98,6 +124,7 @@ def _look_further(cfg: StudyConfig, config_arg: str | None, mlflow_uri: str, out
     print(
         "\nLook further:\n"
         f"  cnnas study status {name}{cfg_flag}      # trials and the front\n"
+        f"  cnnas pareto {name}{cfg_flag}            # front with test accuracy, plots\n"
         f"  cnnas dashboard {name}{cfg_flag}         # optuna-dashboard on 127.0.0.1:8080\n"
         f"  mlflow ui --backend-store-uri {mlflow_uri} --port 5000   # runs, curves, specs",
         file=out,
@@ -185,6 +212,8 @@ def cmd_study_start(args: argparse.Namespace) -> int:
         print("\ninterrupted: the study is saved; run the same command to resume", file=out)
         return 130
     _print_front(run.study, out)
+    if cfg.registry.register and not args.no_register and front_trials(run.study):
+        _register(run, cfg.study.complexity, refit=False, out=out)
     _look_further(cfg, args.config, run.tracker.uri, out)
     if failing is not None:
         print(f"\nerror: {failing}", file=sys.stderr)
@@ -254,6 +283,156 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attach(args: argparse.Namespace) -> StudyRun:
+    """An existing study with its data, tracker and parent run; creates nothing."""
+    cfg = _load_cfg(args)
+    study = _existing_study(cfg, args.name)
+    stored = study.user_attrs.get("config")
+    if stored and not args.config:
+        # The study's own settings (dataset, split, training) unless a config is given.
+        cfg = StudyConfig.from_dict(
+            {
+                **stored,
+                "study": {
+                    **stored["study"],
+                    "project_dir": cfg.study.project_dir,
+                    "storage": cfg.study.storage,
+                },
+            }
+        )
+    cfg = replace_cfg(cfg, name=args.name)
+    run = prepare(cfg, data_dir=getattr(args, "data_dir", None))
+    run.open(reopen_parent=False)
+    return run
+
+
+def _register(run: StudyRun, complexity: str, refit: bool, out: TextIO) -> dict:
+    reg = run.cfg.registry
+    epochs = (reg.refit_epochs or 2 * run.cfg.train.epochs) if refit else None
+    info = register_front(run, reg.rule(), complexity=complexity, refit_epochs=epochs)
+    print(f"\nregistered model {info['name']!r}: {len(info['versions'])} version(s)", file=out)
+    for alias, (trial, version) in sorted(info["aliases"].items()):
+        print(f"  @{alias:<14} version {version:>3}  (trial {trial})", file=out)
+    print(f"pull one: cnnas pull {info['name']}@champion --out ./model", file=out)
+    return info
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    run = _attach(args)
+    front = front_trials(run.study, args.complexity)
+    tests = {} if args.no_test else {t.number: test_accuracy(run, t) for t in front}
+    label = "params" if args.complexity == "params" else "MACs"
+    print(
+        f"Pareto front of {run.cfg.study.name!r}: val_acc up, {label} down; "
+        f"{len(front)} trial(s); {_state_line(run.study)}"
+    )
+    print(front_table(front, tests))
+    trained = [
+        t
+        for t in run.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "val_acc" in t.user_attrs and "infeasible" not in t.user_attrs
+    ]
+    out_dir = Path(args.out) if args.out else run.project_dir / "reports" / run.cfg.study.name
+    png, html = pareto_plot(
+        trained,
+        front,
+        args.complexity,
+        out_dir,
+        f"{run.cfg.study.name}: validation accuracy vs {label}",
+    )
+    for path in (png, html):
+        run.tracker.client.log_artifact(run.parent_run_id, str(path), "pareto")
+    print(f"\nplot: {png}\ninteractive: {html}\n(also in the study's MLflow parent run)")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    run = _attach(args)
+    _register(run, args.complexity, args.refit, sys.stdout)
+    return 0
+
+
+def _tracking_client(args: argparse.Namespace) -> MlflowClient:
+    cfg = _load_cfg(args)
+    uri = tracking_uri(load_mlflow_config(cfg.mlflow), Path(cfg.study.project_dir))
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"no MLflow store at {uri} (study.project_dir); start a study first")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    meta = pull(_tracking_client(args), args.ref, args.out)
+    print(
+        f"pulled {meta['registered_model']} version {meta['version']} "
+        f"(study {meta.get('study')}, trial {meta.get('trial')}) into {args.out}"
+    )
+    for k, v in sorted(meta.get("metrics", {}).items()):
+        print(f"  {k:<9} {v}")
+    print(f"  sha256    {meta['sha256']}")
+    return 0
+
+
+def _pulled(directory: str) -> tuple[torch.nn.Module, dict]:
+    if not Path(directory).is_dir():
+        raise UsageError(
+            f"{directory} is not a folder; pull a model first: cnnas pull NAME --out DIR"
+        )
+    return load_model(directory), read_metadata(directory)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, meta = _pulled(args.dir)
+    dataset = args.dataset or meta.get("dataset")
+    if not dataset:
+        raise UsageError("the model does not say which dataset it was trained on; pass --dataset")
+    data = load_dataset(dataset, data_dir=args.data_dir)
+    if data.input_shape != tuple(model.spec.input_shape):
+        raise UsageError(
+            f"{dataset} images are {data.input_shape}, the model takes "
+            f"{tuple(model.spec.input_shape)}"
+        )
+    mean, std = meta.get("mean", data.mean), meta.get("std", data.std)
+    x, y = getattr(data, f"{args.split}_x"), getattr(data, f"{args.split}_y")
+    acc, matrix = confusion_matrix(model, x, y, mean, std, data.num_classes)
+    print(f"{dataset} {args.split} split: {len(y)} images, accuracy {acc:.4f}")
+    names = meta.get("classes") or list(data.classes)
+    width = max(6, *(len(str(n)) for n in names))
+    print("\nconfusion matrix (rows: true class, columns: predicted)")
+    print(" " * width + "".join(f"{str(n)[:5]:>6}" for n in names))
+    for i, row in enumerate(matrix.tolist()):
+        print(f"{names[i]!s:>{width}}" + "".join(f"{v:>6}" for v in row) + f"   {i}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    model, meta = _pulled(args.dir)
+    c, h, w = model.spec.input_shape
+    names = meta.get("classes") or [str(i) for i in range(model.spec.num_classes)]
+    mean = torch.tensor(meta.get("mean", [0.0] * c)).view(1, c, 1, 1)
+    std = torch.tensor(meta.get("std", [255.0] * c)).view(1, c, 1, 1)
+    images = []
+    for path in args.images:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                array = torch.tensor(list(img.getdata()), dtype=torch.float32)
+        except (OSError, UnidentifiedImageError) as e:
+            raise UsageError(f"cannot read image {path}: {e}") from None
+        images.append(array.view(h, w, c).permute(2, 0, 1))
+    with torch.no_grad():
+        probs = (
+            model((torch.stack(images) - mean) / std).exp()
+            if model.spec.predict == "mean" and model.spec.heads == "multi"
+            else model((torch.stack(images) - mean) / std).softmax(1)
+        )
+    for path, p in zip(args.images, probs, strict=True):
+        k = int(p.argmax())
+        print(f"{path}: {names[k]} ({float(p[k]):.3f})")
+    return 0
+
+
 def cmd_spec_check(args: argparse.Namespace) -> int:
     try:
         text = Path(args.file).read_text()
@@ -292,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--data-dir", help="folder of the dataset files (overrides data.data_dir)")
     start.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
     start.add_argument("-v", "--verbose", action="store_true", help="print every epoch")
+    start.add_argument(
+        "--no-register",
+        action="store_true",
+        help="do not register the front in the model registry at the end (registry.register)",
+    )
     start.set_defaults(func=cmd_study_start)
 
     status = study_sub.add_parser("status", help="a study's trials and Pareto front")
@@ -309,6 +493,50 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     dash.set_defaults(func=cmd_dashboard)
 
+    def study_ref(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name", help="study name")
+        p.add_argument("--config", help="the study's config (default: the one it was started with)")
+        p.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
+        p.add_argument("--data-dir", help="folder of the dataset files")
+        p.add_argument(
+            "--complexity",
+            choices=("params", "macs"),
+            default="params",
+            help="complexity axis of the front (default params)",
+        )
+
+    pareto = sub.add_parser("pareto", help="the Pareto front: table, test accuracy, plots")
+    study_ref(pareto)
+    pareto.add_argument("--out", help="folder for pareto.png / pareto.html")
+    pareto.add_argument("--no-test", action="store_true", help="skip the held-out test evaluation")
+    pareto.set_defaults(func=cmd_pareto)
+
+    register = sub.add_parser("register", help="register the front in the MLflow model registry")
+    study_ref(register)
+    register.add_argument(
+        "--refit", action="store_true", help="retrain each new member on train + validation first"
+    )
+    register.set_defaults(func=cmd_register)
+
+    pull_p = sub.add_parser("pull", help="download a registered model: spec, weights, metadata")
+    pull_p.add_argument("ref", help="NAME, NAME@ALIAS or NAME/VERSION")
+    pull_p.add_argument("--out", required=True, help="folder to write")
+    pull_p.add_argument("--config", help="a study config (for mlflow.yml and project_dir)")
+    pull_p.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
+    pull_p.set_defaults(func=cmd_pull)
+
+    ev = sub.add_parser("evaluate", help="accuracy and confusion matrix of a pulled model")
+    ev.add_argument("dir", help="a folder written by cnnas pull")
+    ev.add_argument("--dataset", help="dataset (default: the one the model was trained on)")
+    ev.add_argument("--split", choices=("test", "val", "train"), default="test")
+    ev.add_argument("--data-dir", help="folder of the dataset files")
+    ev.set_defaults(func=cmd_evaluate)
+
+    pred = sub.add_parser("predict", help="class and probability of image files")
+    pred.add_argument("dir", help="a folder written by cnnas pull")
+    pred.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    pred.set_defaults(func=cmd_predict)
+
     spec = sub.add_parser("spec", help="architecture specs")
     spec_sub = spec.add_subparsers(dest="spec_command", required=True, metavar="ACTION")
     check = spec_sub.add_parser("check", help="validate a spec.json; print shapes, params, MACs")
@@ -319,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # MLflow draws a progress bar for every artifact download; a CLI line says enough.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Optuna announces every trial and MLflow every schema migration at INFO; the CLI prints its
     # own progress, one line a trial.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -326,7 +556,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, SpecError, StudyMismatch, UsageError) as e:
+    except (
+        ConfigError,
+        DatasetError,
+        SpecError,
+        StudyMismatch,
+        UsageError,
+        RegistryError,
+        ModelFileError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

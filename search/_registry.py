@@ -1,0 +1,354 @@
+"""The Pareto front as the study's result: held-out evaluation, the MLflow model registry, pulling.
+
+A trial's MLflow run holds its trained network under ``model/`` (spec.json, model.safetensors,
+metadata.json with the weights' sha256). Registering points a model version at that folder, so no
+retraining is needed; pulling downloads it, checks the sha256 and rebuilds the network from the
+spec, so no step on the way unpickles anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow.artifacts
+import optuna
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from optuna.trial import FrozenTrial, TrialState
+
+from models import (
+    META_FILE,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    ModelFileError,
+    load_model,
+    read_metadata,
+    sha256_file,
+)
+from objectives import evaluate, fit
+
+from ._aliases import ChampionRule, Member, assign_aliases, pareto_members
+from ._study import StudyRun, is_feasible
+
+__all__ = [
+    "MODEL_ARTIFACT",
+    "RegistryError",
+    "confusion_matrix",
+    "front_trials",
+    "load",
+    "parse_model_ref",
+    "pull",
+    "register_front",
+    "registered_model_name",
+    "test_accuracy",
+]
+
+MODEL_ARTIFACT = "model"
+TEST_ACC_ATTR = "test_accuracy"  # study user attr: {trial number: test accuracy}
+
+
+class RegistryError(ValueError):
+    """A registered model, version or alias does not exist, or a pull cannot be completed."""
+
+
+def registered_model_name(template: str, study: str) -> str:
+    """mlflow.yml's ``registered_model`` with ``{study}`` replaced by the study's name."""
+    return template.replace("{study}", study)
+
+
+# --- the front ------------------------------------------------------------------------------------
+
+
+def _member(t: FrozenTrial) -> Member:
+    a = t.user_attrs
+    return Member(
+        trial=t.number, accuracy=float(a["val_acc"]), params=int(a["params"]), macs=int(a["macs"])
+    )
+
+
+def front_trials(study: optuna.Study, complexity: str = "params") -> list[FrozenTrial]:
+    """Feasible, trained trials on the front of validation accuracy against ``complexity``."""
+    trained = {
+        t.number: t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if is_feasible(t) and "duplicate_of" not in t.user_attrs and "val_acc" in t.user_attrs
+    }
+    members = pareto_members([_member(t) for t in trained.values()], complexity)
+    return [trained[m.trial] for m in members]
+
+
+def _download_model(client: MlflowClient, run_id: str, dst: Path) -> Path:
+    local = client.download_artifacts(run_id, MODEL_ARTIFACT, str(dst))
+    return Path(local)
+
+
+def test_accuracy(run: StudyRun, trial: FrozenTrial) -> float:
+    """The trial's accuracy on the held-out test split, measured once and recorded.
+
+    The test split never chooses an architecture: it is read only here, for front members,
+    after the search. The value goes to the study (user attribute) and the trial's run.
+    """
+    recorded = run.study.user_attrs.get(TEST_ACC_ATTR, {})
+    if str(trial.number) in recorded:
+        return float(recorded[str(trial.number)])
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_model(
+            _download_model(run.tracker.client, trial.user_attrs["mlflow_run_id"], Path(tmp))
+        )
+    data = run.data
+    loss, acc = evaluate(model, data.test_x, data.test_y, data.mean, data.std)
+    run.tracker.log_metrics(trial.user_attrs["mlflow_run_id"], {"test_acc": acc, "test_loss": loss})
+    # Re-read before writing: another worker may have recorded other trials meanwhile.
+    recorded = dict(run.study.user_attrs.get(TEST_ACC_ATTR, {}))
+    recorded[str(trial.number)] = acc
+    run.study.set_user_attr(TEST_ACC_ATTR, recorded)
+    return acc
+
+
+@torch.no_grad()
+def confusion_matrix(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_classes: int,
+) -> tuple[float, torch.Tensor]:
+    """Accuracy and the confusion matrix (rows: true class, columns: predicted) of uint8 images."""
+    n = num_classes
+    matrix = torch.zeros(n, n, dtype=torch.long)
+    c = x.shape[1]
+    m = torch.tensor(mean).view(1, c, 1, 1)
+    s = torch.tensor(std).view(1, c, 1, 1)
+    model.eval()
+    for i in range(0, len(y), 1024):
+        pred = model((x[i : i + 1024].float() - m) / s).argmax(1)
+        matrix.index_put_((y[i : i + 1024], pred), torch.ones_like(pred), accumulate=True)
+    return float(matrix.diag().sum()) / max(len(y), 1), matrix
+
+
+# --- registering ----------------------------------------------------------------------------------
+
+
+def _refit(run: StudyRun, trial: FrozenTrial, epochs: int) -> tuple[str, dict[str, Any]]:
+    """Retrains a front member on train + validation; returns its new run id and metadata."""
+    data = run.data
+    merged = dataclasses.replace(
+        data,
+        train_x=torch.cat([data.train_x, data.val_x]),
+        train_y=torch.cat([data.train_y, data.val_y]),
+    )
+    from ._study import trial_spec
+
+    spec = trial_spec(trial)
+    cfg = run.cfg
+    train_cfg = dataclasses.replace(
+        cfg.train.to_train_config(cfg.study.seed, bool(trial.user_attrs.get("augment"))),
+        epochs=epochs,
+    )
+    result = fit(spec, merged, train_cfg, seed=cfg.study.seed + trial.number)
+    run_id = run.tracker.start_trial(
+        run.parent_run_id,
+        cfg.study.name,
+        trial.number,
+        spec,
+        run_name=f"{cfg.study.name}-trial-{trial.number}-refit",
+        extra_tags={"cnnas.refit_of": str(trial.number)},
+    )
+    run.tracker.finish_trial(run_id, result)
+    meta = run.tracker.log_model(run_id, result.model, run.model_extra(trial.number, epochs))
+    loss, acc = evaluate(result.model, data.test_x, data.test_y, data.mean, data.std)
+    run.tracker.log_metrics(run_id, {"test_acc": acc, "test_loss": loss})
+    meta["test_acc"] = acc
+    return run_id, meta
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, tags={"cnnas": "true"})
+
+
+def _versions(client: MlflowClient, name: str) -> list:
+    return list(client.search_model_versions(f"name = '{name}'"))
+
+
+def register_front(
+    run: StudyRun,
+    rule: ChampionRule,
+    *,
+    complexity: str = "params",
+    refit_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Registers every front member once and points the aliases at the right versions.
+
+    Idempotent: a trial already registered keeps its version. Aliases are set again each time,
+    so they move when the front has changed.
+    """
+    client = run.tracker.client
+    name = registered_model_name(run.mlflow_cfg.registered_model, run.cfg.study.name)
+    _ensure_registered_model(client, name)
+    front = front_trials(run.study, complexity)
+    existing = {
+        (v.tags.get("cnnas.study"), v.tags.get("cnnas.trial"), v.tags.get("cnnas.refit", "0")): v
+        for v in _versions(client, name)
+    }
+    versions: dict[int, Any] = {}
+    test_accs: dict[int, float] = {}
+    for trial in front:
+        key = (run.cfg.study.name, str(trial.number), "1" if refit_epochs else "0")
+        version = existing.get(key)
+        if version is None:
+            source_run = trial.user_attrs["mlflow_run_id"]
+            if refit_epochs:
+                source_run, meta = _refit(run, trial, refit_epochs)
+                acc = float(meta["test_acc"])
+            else:
+                acc = test_accuracy(run, trial)
+                with tempfile.TemporaryDirectory() as tmp:
+                    meta = read_metadata(_download_model(client, source_run, Path(tmp)))
+            a = trial.user_attrs
+            tags = {
+                "cnnas.study": run.cfg.study.name,
+                "cnnas.trial": str(trial.number),
+                "cnnas.refit": "1" if refit_epochs else "0",
+                "cnnas.spec_hash": a["spec_hash"],
+                "cnnas.sha256": meta["sha256"],
+                "val_acc": f"{a['val_acc']:.6f}",
+                "test_acc": f"{acc:.6f}",
+                "params": str(int(a["params"])),
+                "macs": str(int(a["macs"])),
+                "ratio": f"{a['ratio']:.6e}",
+            }
+            if refit_epochs:
+                tags["refit_epochs"] = str(refit_epochs)
+            source = f"{client.get_run(source_run).info.artifact_uri}/{MODEL_ARTIFACT}"
+            version = client.create_model_version(name, source, run_id=source_run, tags=tags)
+        versions[trial.number] = version
+        test_accs[trial.number] = float(version.tags.get("test_acc", "nan"))
+
+    members = [_member(t) for t in front]
+    aliases = assign_aliases(members, rule, complexity)
+    for alias, member in aliases.items():
+        client.set_registered_model_alias(name, alias, versions[member.trial].version)
+    # An alias the rules no longer give (a champion limit nobody meets) must not linger.
+    current = client.get_registered_model(name).aliases
+    for alias in set(current) - set(aliases):
+        if alias in ("most-accurate", "smallest", "best-ratio", "knee", "champion"):
+            client.delete_registered_model_alias(name, alias)
+    return {
+        "name": name,
+        "versions": {n: v.version for n, v in versions.items()},
+        "aliases": {a: (m.trial, versions[m.trial].version) for a, m in aliases.items()},
+        "test_acc": test_accs,
+    }
+
+
+# --- pulling and loading --------------------------------------------------------------------------
+
+_REF = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[\w.-]+)|/(?P<version>\d+))?$")
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """``NAME``, ``NAME@ALIAS`` or ``NAME/VERSION`` (``models:/`` optional) -> parts."""
+    m = _REF.match(ref)
+    if not m:
+        raise RegistryError(
+            f"cannot read model reference {ref!r}; use NAME, NAME@ALIAS or NAME/VERSION"
+        )
+    return m["name"], m["alias"], m["version"]
+
+
+def _resolve(client: MlflowClient, ref: str) -> Any:
+    name, alias, version = parse_model_ref(ref)
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if version:
+            return client.get_model_version(name, version)
+        latest = sorted(_versions(client, name), key=lambda v: int(v.version))
+        if not latest:
+            raise RegistryError(f"registered model {name!r} has no versions")
+        return latest[-1]
+    except MlflowException as e:
+        known = [m.name for m in client.search_registered_models()]
+        raise RegistryError(
+            f"no model {ref!r} in the registry ({e.message.splitlines()[0]}); "
+            f"registered models: {sorted(known)}"
+        ) from None
+
+
+def pull(client: MlflowClient, ref: str, out: str | os.PathLike) -> dict[str, Any]:
+    """Downloads a registered version into ``out``: spec.json, weights, metadata.json.
+
+    The weights' sha256 is checked against the one recorded at registration before anything is
+    written to ``out``; a mismatch leaves ``out`` untouched.
+    """
+    version = _resolve(client, ref)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".cnnas-pull-", dir=out.parent))
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=version.source,
+                dst_path=str(staging / "download"),
+                tracking_uri=client._tracking_client.tracking_uri,
+            )
+        )
+        expected = version.tags.get("cnnas.sha256")
+        actual = sha256_file(local / WEIGHTS_FILE)
+        if expected and actual != expected:
+            raise ModelFileError(
+                f"{version.name} version {version.version}: downloaded weights have sha256 "
+                f"{actual}, the registry recorded {expected}; refusing to write them"
+            )
+        meta = read_metadata(local)
+        meta.update(
+            {
+                "registered_model": version.name,
+                "version": version.version,
+                "alias": parse_model_ref(ref)[1],
+                "source_run": version.run_id,
+                "source": version.source,
+                "metrics": {k: v for k, v in version.tags.items() if not k.startswith("cnnas.")},
+                "sha256": actual,
+            }
+        )
+        final = staging / "final"
+        final.mkdir()
+        for f in (SPEC_FILE, WEIGHTS_FILE):
+            shutil.copy2(local / f, final / f)
+        (final / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        load_model(final)  # the pulled folder must load before it replaces anything
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(final, out)
+        return meta
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load(ref: str | os.PathLike, *, tracking_uri: str | None = None) -> torch.nn.Module:
+    """A network in eval mode from a pulled folder or a registry reference (``models:/N@alias``).
+
+    Never unpickles: the network is rebuilt from its spec and the safetensors weights are checked
+    against their recorded sha256 first.
+    """
+    path = Path(ref)
+    if path.is_dir():
+        return load_model(path)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        pull(client, str(ref), Path(tmp) / "model")
+        return load_model(Path(tmp) / "model")
