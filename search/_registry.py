@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow.artifacts
 import optuna
 import torch
 from mlflow import MlflowClient
@@ -37,7 +36,7 @@ from models import (
 from objectives import evaluate, fit
 
 from ._aliases import ChampionRule, Member, assign_aliases, pareto_members
-from ._study import StudyRun, is_feasible
+from ._study import StudyRun, is_feasible, trial_spec
 
 __all__ = [
     "MODEL_ARTIFACT",
@@ -87,8 +86,8 @@ def front_trials(study: optuna.Study, complexity: str = "params") -> list[Frozen
 
 
 def _download_model(client: MlflowClient, run_id: str, dst: Path) -> Path:
-    local = client.download_artifacts(run_id, MODEL_ARTIFACT, str(dst))
-    return Path(local)
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, MODEL_ARTIFACT, str(dst)))
 
 
 def test_accuracy(run: StudyRun, trial: FrozenTrial) -> float:
@@ -147,8 +146,6 @@ def _refit(run: StudyRun, trial: FrozenTrial, epochs: int) -> tuple[str, dict[st
         train_x=torch.cat([data.train_x, data.val_x]),
         train_y=torch.cat([data.train_y, data.val_y]),
     )
-    from ._study import trial_spec
-
     spec = trial_spec(trial)
     cfg = run.cfg
     train_cfg = dataclasses.replace(
@@ -299,13 +296,9 @@ def pull(client: MlflowClient, ref: str, out: str | os.PathLike) -> dict[str, An
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".cnnas-pull-", dir=out.parent))
     try:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=version.source,
-                dst_path=str(staging / "download"),
-                tracking_uri=client._tracking_client.tracking_uri,
-            )
-        )
+        # Versions point at their run's model/ folder, so the run's artifact repository (local
+        # files or a tracking server's proxy) serves them.
+        local = _download_model(client, version.run_id, staging / "download")
         expected = version.tags.get("cnnas.sha256")
         actual = sha256_file(local / WEIGHTS_FILE)
         if expected and actual != expected:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from pathlib import Path
 
 import optuna
 import pytest
 
+import search._study
 from models import ArchSpec, ConvBlock, DenseLayer, count_macs, count_params
 from search.cli import build_parser, main
 
@@ -33,9 +35,9 @@ train:
   batch_size: 256
   accelerator: cpu
 space:
-  blocks: [1, 1]
+  blocks: [1]
   base_filters: [4]
-  dense_layers: [0, 0]
+  dense_layers: [0]
 """
 
 
@@ -53,12 +55,30 @@ def snapshot(root: Path) -> dict[str, int]:
     }
 
 
+def _input_was_accepted(self, *args, **kwargs):
+    # An input these tests call bad got past every check: without this guard the CLI would go
+    # on to create the study and run it (minutes for the default Fashion-MNIST study).
+    pytest.fail("the input was accepted and the CLI started to create the study")
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
-    """An empty working directory (no ./mlflow.yml, no CNNAS_DATA_DIR)."""
+    """An empty working directory (no ./mlflow.yml, no CNNAS_DATA_DIR) for bad input.
+
+    Opening a study is the CLI's first write, so it fails the test at once: bad input must be
+    refused before it, and a case that is not bad fails in milliseconds instead of training.
+    """
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CNNAS_DATA_DIR", raising=False)
+    monkeypatch.setattr(search._study.StudyRun, "open", _input_was_accepted)
     return tmp_path
+
+
+def test_the_workdir_guard_stops_an_accepted_config(capsys, workdir):
+    (workdir / "config.yaml").write_text("data:\n  dataset: digits\n")
+    with pytest.raises(pytest.fail.Exception, match="accepted"):
+        main(["study", "start", "--config", "config.yaml", "--project-dir", "runs"])
+    assert sorted(os.listdir(workdir)) == ["config.yaml"]
 
 
 def start_with(capsys, workdir: Path, config: str, *extra: str) -> tuple[int, str]:
@@ -88,8 +108,20 @@ def start_with(capsys, workdir: Path, config: str, *extra: str) -> tuple[int, st
         ("train:\n  epochs: 0\n", ["train.epochs", "[1, 10000]"]),
         ("data:\n  val_fraction: 0.9\n", ["data.val_fraction", "[0.01, 0.5]"]),
         ("study:\n  sampler: cmaes\n", ["study.sampler", "tpe, nsga2, random"]),
-        ("space:\n  blocks: [5, 2]\n", ["space.blocks", "min 5 is above max 2"]),
+        ("space:\n  blocks: {min: 5, max: 2}\n", ["space.blocks", "min 5 is above max 2"]),
+        ("space:\n  blocks: {min: 1}\n", ["space.blocks", "{min: ..., max: ...}"]),
+        ("space:\n  blocks: {min: 1, max: 3, step: 1}\n", ["space.blocks", "step"]),
+        ("space:\n  blocks: {min: 0}\n", ["space.blocks", "{min: ..., max: ...}"]),
+        ("space:\n  blocks: {min: 0, max: 3}\n", ["space.blocks.min", "[1, 12]"]),
+        ("space:\n  blocks: [1, 13]\n", ["space.blocks[1]", "[1, 12]"]),
+        ("space:\n  blocks: three\n", ["space.blocks", "list of choices or {min: ..., max: ...}"]),
+        ("space:\n  block_dropout: {min: 0, max: 0.95}\n", ["space.block_dropout.max"]),
+        ("space:\n  blocks: [2, 2]\n", ["space.blocks", "repeated"]),
         ("space:\n  kernels: [3, 4]\n", ["space.kernels[1]", "odd"]),
+        ("space:\n  preset: seed001\n", ["space.preset", "seed003"]),
+        ("space:\n  pool_scope: layer\n", ["space.pool_scope", "block, network"]),
+        ("study:\n  max_params: 0\n", ["study.max_params", ">= 1"]),
+        ("train:\n  augment:\n    flip: maybe\n", ["train.augment.flip", "true or false"]),
         ("- a list\n", ["mapping"]),
     ],
     ids=[
@@ -100,8 +132,20 @@ def start_with(capsys, workdir: Path, config: str, *extra: str) -> tuple[int, st
         "out-of-range",
         "fraction-range",
         "bad-choice",
-        "pair-order",
+        "range-order",
+        "range-missing-max",
+        "range-extra-key",
+        "range-of-one-key",
+        "range-out-of-bounds",
+        "choice-out-of-bounds",
+        "string-for-a-dimension",
+        "float-range-out-of-bounds",
+        "repeated-choice",
         "even-kernel",
+        "bad-preset",
+        "bad-pool-scope",
+        "zero-budget",
+        "augment-flip-not-bool",
         "top-level-list",
     ],
 )
@@ -273,10 +317,12 @@ def test_dashboard_default_host_is_local():
 
 
 @pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory) -> Path:
+def tiny_study(tmp_path_factory, mlflow_db_template) -> Path:
     """One real study ('tiny': one trial, one epoch on sklearn digits); returns its folder."""
     root = tmp_path_factory.mktemp("tiny-study")
     (root / "config.yaml").write_text(TINY_STUDY)
+    (root / "runs").mkdir()
+    shutil.copy(mlflow_db_template, root / "runs" / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("CNNAS_DATA_DIR", raising=False)
