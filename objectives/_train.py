@@ -117,6 +117,13 @@ class Classifier(pl.LightningModule):
         }
         self._sums: dict[str, torch.Tensor] = {}
         self._epoch_start = 0.0
+        self._channels_last = False
+
+    def on_fit_start(self) -> None:
+        # On a GPU, NHWC tensors let cuDNN use its tensor-core kernels for convolutions.
+        if self.device.type == "cuda":
+            self.net.to(memory_format=torch.channels_last)
+            self._channels_last = True
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
@@ -130,6 +137,8 @@ class Classifier(pl.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], prefix: str) -> torch.Tensor:
         x, y = batch
         x = x.float()
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if prefix == "train_" and self.cfg.augment.active:
             x = augment(x, self.cfg.augment)
         heads = self.net.forward_heads((x - self.mean) / self.std)
@@ -262,6 +271,8 @@ def fit(
         )
     seed = cfg.seed if seed is None else seed
     pl.seed_everything(seed, workers=False, verbose=False)
+    # cuDNN's autotuner picks the fastest kernel per shape, but not always the same one.
+    torch.backends.cudnn.benchmark = not cfg.deterministic
     module = Classifier(spec, cfg, data.mean, data.std)
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,
