@@ -360,8 +360,12 @@ class StudyConfig:
 
     def replace(self, section: str, **changes: Any) -> StudyConfig:
         """A copy with some keys of one section changed, checked like the file's keys."""
-        current = dataclasses.asdict(getattr(self, section))
-        current.update({k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if section == "space" and "preset" in changes:
+            # A new preset supplies every key the caller does not name, as in a file.
+            current = dict(changes)
+        else:
+            current = {**dataclasses.asdict(getattr(self, section)), **changes}
         new = _build(type(getattr(self, section)), current, section)
         return dataclasses.replace(self, **{section: new})
 
@@ -436,6 +440,8 @@ def _check(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if isinstance(value, (IntRange, FloatRange)):
+            value = {"min": value.min, "max": value.max}
         if len(options) > 1:  # a space dimension: a list of choices, or a {min, max} range
             ranges = [a for a in options if a in (IntRange, FloatRange)]
             lists = [a for a in options if typing.get_origin(a) is tuple]

@@ -233,20 +233,55 @@ class StudyRun:
         trial.set_user_attr(CONSTRAINTS_ATTR, violations)
         run_id = self.tracker.start_trial(self.parent_run_id, cfg.study.name, trial.number, spec)
         trial.set_user_attr("mlflow_run_id", run_id)
+        try:
+            return self._evaluate(trial, spec, augment, violations, complexity, run_id, on_epoch)
+        except optuna.TrialPruned:
+            raise
+        except BaseException as e:
+            # Whatever failed (training, saving the weights, logging), the trial and its run
+            # both say why; no run is left RUNNING.
+            reason = f"{type(e).__name__}: {e}"
+            trial.set_user_attr("fail_reason", reason)
+            self.tracker.fail_trial(run_id, reason, killed=isinstance(e, KeyboardInterrupt))
+            raise
+
+    def _evaluate(
+        self,
+        trial: optuna.Trial,
+        spec: ArchSpec,
+        augment: bool,
+        violations: list[float],
+        complexity: float,
+        run_id: str,
+        on_epoch: Callable[[int, dict[str, float]], None] | None,
+    ) -> tuple[float, float]:
+        cfg = self.cfg
         if any(v > 0 for v in violations):
-            reason = _over_budget(params, macs, cfg)
+            reason = _over_budget(
+                int(trial.user_attrs["params"]), int(trial.user_attrs["macs"]), cfg
+            )
             trial.set_user_attr("infeasible", reason)
-            self.tracker.finish_infeasible(run_id, reason, params, macs)
+            self.tracker.finish_infeasible(
+                run_id, reason, trial.user_attrs["params"], trial.user_attrs["macs"]
+            )
             # Accuracy 0: an infeasible architecture must never look better than a feasible one,
             # also to samplers that ignore constraints (random).
             return 0.0, complexity
 
-        twin = _evaluated_twin(trial, identity)
+        twin = _evaluated_twin(trial, trial.user_attrs["identity"])
         if twin is not None:
             result = _result_of(twin)
             trial.set_user_attr("duplicate_of", twin.number)
         else:
-            result = self._train(trial, spec, augment, run_id, on_epoch)
+            callbacks = [_EpochCallback(on_epoch)] if on_epoch else []
+            result = fit(
+                spec,
+                self.data,
+                cfg.train.to_train_config(cfg.study.seed, augment=augment),
+                seed=cfg.study.seed + trial.number,
+                callbacks=callbacks,
+            )
+            _check_finite(result)
         for key, value in result.metrics().items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("curves", result.curves)
@@ -257,32 +292,6 @@ class StudyRun:
             run_id, result, duplicate_of=twin.number if twin is not None else None
         )
         return result.val_acc, complexity
-
-    def _train(
-        self,
-        trial: optuna.Trial,
-        spec: ArchSpec,
-        augment: bool,
-        run_id: str,
-        on_epoch: Callable[[int, dict[str, float]], None] | None,
-    ) -> TrialResult:
-        cfg = self.cfg
-        callbacks = [_EpochCallback(on_epoch)] if on_epoch else []
-        try:
-            result = fit(
-                spec,
-                self.data,
-                cfg.train.to_train_config(cfg.study.seed, augment=augment),
-                seed=cfg.study.seed + trial.number,
-                callbacks=callbacks,
-            )
-            _check_finite(result)
-        except BaseException as e:
-            reason = f"{type(e).__name__}: {e}"
-            trial.set_user_attr("fail_reason", reason)
-            self.tracker.fail_trial(run_id, reason, killed=isinstance(e, KeyboardInterrupt))
-            raise
-        return result
 
 
 CONSTRAINTS_ATTR = "constraints"

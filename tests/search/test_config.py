@@ -703,23 +703,11 @@ def test_replace_takes_a_range_in_the_files_form():
     assert cfg.space.blocks == IntRange(2, 3) and cfg.space.convs == (1,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: StudyConfig.replace('space', preset=...) starts from dataclasses.asdict of the "
-    "current space, so every key counts as written in the file and the preset's values are "
-    "never applied: the result is named seed003 but holds the default space",
-)
 def test_replace_with_a_preset_gives_the_presets_space(tmp_path):
     from_file = space_of(tmp_path, "  preset: seed003\n")
     assert StudyConfig().replace("space", preset="seed003").space == from_file
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: replace() accepts a tuple for a choice list but refuses an IntRange/FloatRange "
-    "object ('expected a list of choices or {min: ..., max: ...}, got IntRange(...)'); only "
-    "the mapping form {'min': .., 'max': ..} is taken",
-)
 def test_replace_takes_a_range_object():
     assert StudyConfig().replace("space", blocks=IntRange(2, 3)).space.blocks == IntRange(2, 3)
 
