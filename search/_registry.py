@@ -293,12 +293,19 @@ def pull(client: MlflowClient, ref: str, out: str | os.PathLike) -> dict[str, An
     """
     version = _resolve(client, ref)
     out = Path(out)
+    _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".cnnas-pull-", dir=out.parent))
     try:
-        # Versions point at their run's model/ folder, so the run's artifact repository (local
-        # files or a tracking server's proxy) serves them.
-        local = _download_model(client, version.run_id, staging / "download")
+        try:
+            # Versions point at their run's model/ folder, so the run's artifact repository
+            # (local files or a tracking server's proxy) serves them.
+            local = _download_model(client, version.run_id, staging / "download")
+        except (MlflowException, OSError) as e:
+            raise RegistryError(
+                f"{version.name} version {version.version}: its files cannot be downloaded "
+                f"from run {version.run_id} ({str(e).splitlines()[0]})"
+            ) from None
         expected = version.tags.get("cnnas.sha256")
         actual = sha256_file(local / WEIGHTS_FILE)
         if expected and actual != expected:
@@ -310,7 +317,7 @@ def pull(client: MlflowClient, ref: str, out: str | os.PathLike) -> dict[str, An
         meta.update(
             {
                 "registered_model": version.name,
-                "version": version.version,
+                "version": str(version.version),
                 "alias": parse_model_ref(ref)[1],
                 "source_run": version.run_id,
                 "source": version.source,
@@ -324,12 +331,40 @@ def pull(client: MlflowClient, ref: str, out: str | os.PathLike) -> dict[str, An
             shutil.copy2(local / f, final / f)
         (final / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         load_model(final)  # the pulled folder must load before it replaces anything
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # an earlier pull (checked above): swap it out, then delete it
+            old = staging / "old"
+            os.replace(out, old)
         os.replace(final, out)
         return meta
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+PULLED_FILES = {SPEC_FILE, WEIGHTS_FILE, META_FILE}
+
+
+def _check_replaceable(out: Path) -> None:
+    """``out`` may be new, an empty folder, or an earlier pull; anything else is not ours."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RegistryError(f"--out {out} is a file; name a folder")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return
+    if entries <= PULLED_FILES and "registered_model" in _quiet_metadata(out):
+        return
+    raise RegistryError(
+        f"--out {out} holds other files ({', '.join(sorted(entries)[:5])}); "
+        "pull into a new or empty folder, or into an earlier pull's folder"
+    )
+
+
+def _quiet_metadata(directory: Path) -> dict:
+    try:
+        return read_metadata(directory)
+    except ModelFileError:
+        return {}
 
 
 def load(ref: str | os.PathLike, *, tracking_uri: str | None = None) -> torch.nn.Module:

@@ -63,7 +63,12 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         exp = self.client.get_experiment_by_name(cfg.experiment)
         if exp is None:
-            location = cfg.artifact_location or (project_dir / "mlartifacts").resolve().as_uri()
+            # A tracking server chooses (and serves) the artifact store itself, so every machine
+            # that reaches the server reaches the weights; locally they go in the project folder.
+            remote = self.uri.startswith(("http://", "https://", "databricks"))
+            location = cfg.artifact_location or (
+                None if remote else (project_dir / "mlartifacts").resolve().as_uri()
+            )
             self.experiment_id = self.client.create_experiment(
                 cfg.experiment, artifact_location=location
             )

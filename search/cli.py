@@ -126,7 +126,11 @@ def _look_further(cfg: StudyConfig, config_arg: str | None, mlflow_uri: str, out
         f"  cnnas study status {name}{cfg_flag}      # trials and the front\n"
         f"  cnnas pareto {name}{cfg_flag}            # front with test accuracy, plots\n"
         f"  cnnas dashboard {name}{cfg_flag}         # optuna-dashboard on 127.0.0.1:8080\n"
-        f"  mlflow ui --backend-store-uri {mlflow_uri} --port 5000   # runs, curves, specs",
+        + (
+            f"  open {mlflow_uri}                                  # MLflow: runs, curves, specs"
+            if mlflow_uri.startswith(("http://", "https://"))
+            else f"  mlflow ui --backend-store-uri {mlflow_uri} --port 5000   # runs, curves, specs"
+        ),
         file=out,
     )
 
@@ -303,6 +307,8 @@ def _attach(args: argparse.Namespace) -> StudyRun:
     cfg = replace_cfg(cfg, name=args.name)
     run = prepare(cfg, data_dir=getattr(args, "data_dir", None))
     run.open(reopen_parent=False)
+    if getattr(args, "complexity", None) is None:
+        args.complexity = run.cfg.study.complexity
     return run
 
 
@@ -313,7 +319,8 @@ def _register(run: StudyRun, complexity: str, refit: bool, out: TextIO) -> dict:
     print(f"\nregistered model {info['name']!r}: {len(info['versions'])} version(s)", file=out)
     for alias, (trial, version) in sorted(info["aliases"].items()):
         print(f"  @{alias:<14} version {version:>3}  (trial {trial})", file=out)
-    print(f"pull one: cnnas pull {info['name']}@champion --out ./model", file=out)
+    if "champion" in info["aliases"]:
+        print(f"pull one: cnnas pull {info['name']}@champion --out ./model", file=out)
     return info
 
 
@@ -501,8 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--complexity",
             choices=("params", "macs"),
-            default="params",
-            help="complexity axis of the front (default params)",
+            help="complexity axis of the front (default: the study's study.complexity)",
         )
 
     pareto = sub.add_parser("pareto", help="the Pareto front: table, test accuracy, plots")
