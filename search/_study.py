@@ -79,7 +79,13 @@ def open_storage(cfg: StudyConfig) -> str | BaseStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+# Optuna 5 reads constraints that the objective sets on the trial and deprecates the samplers'
+# constraints_func; older releases have only the latter.
+_TRIAL_CONSTRAINTS = hasattr(optuna.Trial, "set_constraint")
+
+
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    kwargs = {} if _TRIAL_CONSTRAINTS else {"constraints_func": constraints}
     if name == "tpe":
         # multivariate TPE models the joint distribution of the parameters, which matters here:
         # filters, kernel and pooling trade off against each other in both objectives. group
@@ -91,12 +97,10 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
                 multivariate=True,
                 group=True,
                 n_startup_trials=10,
-                constraints_func=constraints,
+                **kwargs,
             )
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            seed=seed, population_size=20, constraints_func=constraints
-        )
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20, **kwargs)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}; known: tpe, nsga2, random")
@@ -231,6 +235,9 @@ class StudyRun:
             float(macs - cfg.study.max_macs) if cfg.study.max_macs else 0.0,
         ]
         trial.set_user_attr(CONSTRAINTS_ATTR, violations)
+        if _TRIAL_CONSTRAINTS:
+            for key, value in zip(("max_params", "max_macs"), violations, strict=True):
+                trial.set_constraint(key, value)
         run_id = self.tracker.start_trial(self.parent_run_id, cfg.study.name, trial.number, spec)
         trial.set_user_attr("mlflow_run_id", run_id)
         try:
