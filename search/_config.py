@@ -309,6 +309,26 @@ SPACE_PRESETS_VALUES: dict[str, dict[str, Any]] = {
 }
 
 
+PRUNING_METHODS = ("none", "pareto", "median", "hyperband")
+
+
+@dataclass(frozen=True)
+class PruningSection:
+    method: str = _opt(
+        "none",
+        "Early stopping: none, or pareto (stop a trial that completed, no larger trials beat at "
+        "the same epoch). Optuna's median and hyperband need one objective and are refused.",
+        choices=PRUNING_METHODS,
+    )
+    margin: float = _opt(
+        0.02, "pareto: accuracy lead (fraction) that counts as clearly better.", lo=0.0, hi=1.0
+    )
+    min_better: int = _opt(
+        3, "pareto: clearly better, no larger completed trials needed to stop a trial.", lo=1
+    )
+    warmup_epochs: int = _opt(1, "pareto: epochs never judged at the start of a trial.", lo=0)
+
+
 @dataclass(frozen=True)
 class RegistrySection:
     register: bool = _opt(
@@ -352,6 +372,7 @@ class StudyConfig:
     train: TrainSection = field(default_factory=TrainSection)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     registry: RegistrySection = field(default_factory=RegistrySection)
+    pruning: PruningSection = field(default_factory=PruningSection)
     mlflow: str | None = _opt(
         None,
         "Path of mlflow.yml (relative to this file); "

@@ -25,6 +25,7 @@ from models import ArchSpec, count_macs, count_params
 from objectives import ImageData, TrialResult, fit, load_dataset
 
 from ._config import ConfigError, MlflowConfig, StudyConfig, load_mlflow_config
+from ._pruning import ParetoPruner, PruneRule
 from ._space import suggest_augment, suggest_spec
 from ._tracking import Tracker
 
@@ -242,7 +243,8 @@ class StudyRun:
         trial.set_user_attr("mlflow_run_id", run_id)
         try:
             return self._evaluate(trial, spec, augment, violations, complexity, run_id, on_epoch)
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as e:
+            self.tracker.finish_pruned(run_id, trial_curves(trial), str(e))
             raise
         except BaseException as e:
             # Whatever failed (training, saving the weights, logging), the trial and its run
@@ -280,7 +282,12 @@ class StudyRun:
             result = _result_of(twin)
             trial.set_user_attr("duplicate_of", twin.number)
         else:
-            callbacks = [_EpochCallback(on_epoch)] if on_epoch else []
+            callbacks: list[pl.Callback] = [_EpochCallback(on_epoch)] if on_epoch else []
+            if cfg.pruning.method == "pareto":
+                rule = PruneRule(
+                    cfg.pruning.margin, cfg.pruning.min_better, cfg.pruning.warmup_epochs
+                )
+                callbacks.append(ParetoPruner(trial, cfg.study.complexity, complexity, rule))
             result = fit(
                 spec,
                 self.data,
@@ -311,6 +318,10 @@ def constraints(trial: FrozenTrial) -> list[float]:
 
 def is_feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in constraints(trial))
+
+
+def trial_curves(trial: optuna.Trial | FrozenTrial) -> dict[str, list[float]]:
+    return dict(trial.user_attrs.get("curves", {}))
 
 
 def _over_budget(params: int, macs: int, cfg: StudyConfig) -> str:
@@ -377,6 +388,12 @@ def prepare(cfg: StudyConfig, *, data_dir: str | None = None) -> StudyRun:
     if data_dir is not None:
         cfg = cfg.replace("data", data_dir=data_dir)
     mlflow_cfg = load_mlflow_config(cfg.mlflow)
+    if cfg.pruning.method in ("median", "hyperband"):
+        raise ConfigError(
+            f"pruning.method: Optuna's {cfg.pruning.method} pruner needs a single-objective "
+            "study, and a cnnas study has two objectives (validation accuracy and "
+            f"{cfg.study.complexity}); use 'pareto', which compares trials of no larger size"
+        )
     if cfg.train.augment.flip and True in cfg.space.augment and cfg.data.dataset in NO_FLIP:
         raise ConfigError(
             f"train.augment.flip: {cfg.data.dataset} must not be mirrored "

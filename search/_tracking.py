@@ -171,6 +171,19 @@ class Tracker:
             self.client.log_artifacts(run_id, tmp, "model")
         return meta
 
+    def finish_pruned(self, run_id: str, curves: Mapping[str, list[float]], reason: str) -> None:
+        """Closes the run of a trial stopped early: its curves so far, the reason, KILLED."""
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(name, float(v), now, step)
+            for name, values in curves.items()
+            for step, v in enumerate(values)
+        ]
+        for chunk in _chunks(metrics, _MAX_METRICS):
+            self.client.log_batch(run_id, metrics=chunk)
+        self.client.log_batch(run_id, tags=[RunTag("cnnas.pruned", reason[:_TAG_LIMIT])])
+        self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.KILLED))
+
     def finish_infeasible(self, run_id: str, reason: str, params: int, macs: int) -> None:
         """Closes the run of an architecture rejected before training."""
         now = int(time.time() * 1000)

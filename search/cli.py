@@ -165,6 +165,8 @@ class _Progress:
             )
             if "duplicate_of" in a:
                 what += f"  (same as trial {a['duplicate_of']}: not trained again)"
+        elif trial.state == TrialState.PRUNED:
+            what = f"PRUNED: {a.get('pruned', '')[:140]}"
         else:
             reason = trial.user_attrs.get("fail_reason", "")
             what = f"{trial.state.name}" + (f": {reason.splitlines()[-1][:120]}" if reason else "")

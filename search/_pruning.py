@@ -1,0 +1,116 @@
+"""Pareto-aware early stopping for multi-objective studies.
+
+Optuna's pruners work on one objective (``trial.report`` raises ``NotImplementedError`` in a
+multi-objective study). The rule here compares like with like instead: at the end of an epoch, a
+trial is stopped when enough completed trials that were no larger (parameters or MACs) had, at the
+same epoch, a clearly higher validation accuracy. Such a trial can hardly end on the front: it is
+already beaten at this epoch by smaller networks, and it is not cheaper than them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import pytorch_lightning as pl
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["ParetoPruner", "PruneRule", "Reference", "prune_reason", "references"]
+
+
+@dataclass(frozen=True)
+class PruneRule:
+    """When a running trial is stopped."""
+
+    # Accuracy points (fraction) by which a comparable trial must lead to count as clearly better.
+    margin: float = 0.02
+    # How many clearly better, no larger, completed trials it takes to stop a trial.
+    min_better: int = 3
+    # Epochs (1-based) that are never judged: the first epochs rank networks poorly.
+    warmup_epochs: int = 1
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A completed trial as the rule sees it: its size and its per-epoch validation accuracy."""
+
+    trial: int
+    complexity: float
+    val_acc: tuple[float, ...]
+
+
+def prune_reason(
+    epoch: int,
+    accuracy: float,
+    complexity: float,
+    refs: Sequence[Reference],
+    rule: PruneRule,
+) -> str | None:
+    """Why a trial at ``epoch`` (0-based) with this accuracy and size should stop, or None."""
+    if epoch + 1 <= rule.warmup_epochs:
+        return None
+    better = [
+        r
+        for r in refs
+        if r.complexity <= complexity
+        and len(r.val_acc) > epoch
+        and r.val_acc[epoch] >= accuracy + rule.margin
+    ]
+    if len(better) < rule.min_better:
+        return None
+    shown = ", ".join(f"{r.trial} ({r.val_acc[epoch]:.3f})" for r in better[:5])
+    return (
+        f"epoch {epoch + 1}: val_acc {accuracy:.4f} is at least {rule.margin:g} below "
+        f"{len(better)} completed trials no larger than it at the same epoch: {shown}"
+    )
+
+
+def references(trials: Sequence[FrozenTrial], complexity: str) -> list[Reference]:
+    """The completed, trained trials of a study with their validation-accuracy curves."""
+    out = []
+    for t in trials:
+        a = t.user_attrs
+        if t.state != TrialState.COMPLETE or "infeasible" in a or "curves" not in a:
+            continue
+        out.append(Reference(t.number, float(a[complexity]), tuple(a["curves"]["val_acc"])))
+    return out
+
+
+class ParetoPruner(pl.Callback):
+    """Stops a trial's training by :func:`prune_reason`, raising ``optuna.TrialPruned``.
+
+    The curves so far are stored on the trial first, so a pruned trial keeps its last values.
+    """
+
+    def __init__(
+        self, trial: optuna.Trial, complexity_name: str, complexity: float, rule: PruneRule
+    ) -> None:
+        self.trial = trial
+        self.complexity_name = complexity_name
+        self.complexity = complexity
+        self.rule = rule
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
+        curves = module.curves
+        if not curves["val_acc"]:
+            return
+        epoch = len(curves["val_acc"]) - 1
+        if epoch + 1 <= self.rule.warmup_epochs or epoch + 1 >= trainer.max_epochs:
+            return  # nothing to judge yet, or nothing left to save
+        trials = self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        reason = prune_reason(
+            epoch,
+            curves["val_acc"][-1],
+            self.complexity,
+            references(trials, self.complexity_name),
+            self.rule,
+        )
+        if reason is not None:
+            self.trial.set_user_attr("curves", {k: list(v) for k, v in curves.items()})
+            self.trial.set_user_attr("pruned", reason)
+            self.trial.set_user_attr("pruned_epoch", epoch + 1)
+            for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
+                self.trial.set_user_attr(key, float(curves[key][-1]))
+            raise optuna.TrialPruned(reason)
