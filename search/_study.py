@@ -180,7 +180,7 @@ class StudyRun:
             )
         if "config" not in self.study.user_attrs:
             # Later commands (pareto, register) rebuild the study's data and settings from this.
-            self.study.set_user_attr("config", _jsonable(cfg.to_dict()))
+            self.study.set_user_attr("config", jsonable(cfg.to_dict()))
         self.study.set_user_attr("dataset", cfg.data.dataset)
         self.project_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = Tracker(self.mlflow_cfg, self.project_dir)
@@ -359,11 +359,12 @@ class StudyMismatch(ValueError):
     """An existing study cannot be resumed with this config."""
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Tuples become lists, recursively (a config as JSON and YAML write it)."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -419,13 +420,20 @@ def run_study(
     on_trial: Callable[[StudyRun, FrozenTrial], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     timeout: float | None = None,
+    shared: bool = False,
 ) -> optuna.Study:
-    """Runs trials until the study has ``cfg.study.trials`` finished ones (or ``timeout``)."""
+    """Runs trials until the study has ``cfg.study.trials`` finished ones (or ``timeout``).
+
+    ``shared``: other workers run trials of the same study at the same time. Trials are then
+    started one at a time while finished plus running trials fall short of the total, and the
+    parent run is left to the process that started the workers.
+    """
     if run.study is None:
         run.open()
     cfg = run.cfg
     remaining = cfg.study.trials - run.finished_count()
     failures: list[str] = []
+    limit = timeout if timeout is not None else cfg.study.timeout
 
     def after(study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.FAIL:
@@ -439,22 +447,36 @@ def run_study(
 
     start = time.perf_counter()
     status = "FINISHED"
+
+    def optimize(n: int) -> None:
+        left = None if limit is None else max(limit - (time.perf_counter() - start), 0.0)
+        run.study.optimize(
+            lambda t: run.objective(t, on_epoch),
+            n_trials=n,
+            timeout=left,
+            catch=(Exception,),
+            callbacks=[after],
+        )
+
     try:
-        if remaining > 0:
-            run.study.optimize(
-                lambda t: run.objective(t, on_epoch),
-                n_trials=remaining,
-                timeout=timeout if timeout is not None else cfg.study.timeout,
-                catch=(Exception,),
-                callbacks=[after],
-            )
+        if shared:
+            while (
+                len(run.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+                < cfg.study.trials
+                and len(failures) < cfg.study.max_failures
+                and (limit is None or time.perf_counter() - start < limit)
+            ):
+                optimize(1)
+        elif remaining > 0:
+            optimize(remaining)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        counts = state_counts(run.study)
-        counts["wall_seconds"] = time.perf_counter() - start
-        run.tracker.end_parent(run.parent_run_id, counts, status)
+        if not shared:
+            counts = state_counts(run.study)
+            counts["wall_seconds"] = time.perf_counter() - start
+            run.tracker.end_parent(run.parent_run_id, counts, status)
     if len(failures) >= cfg.study.max_failures:
         raise StudyFailing(
             f"{len(failures)} trials failed in a row (study.max_failures = "

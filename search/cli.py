@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -45,6 +46,7 @@ from ._study import (
     StudyFailing,
     StudyMismatch,
     StudyRun,
+    jsonable,
     open_storage,
     pareto_front,
     prepare,
@@ -55,6 +57,7 @@ from ._study import (
     trial_spec,
 )
 from ._tracking import tracking_uri
+from ._workers import plan_workers, run_workers
 
 __all__ = ["main"]
 
@@ -193,6 +196,10 @@ def _load_cfg(args: argparse.Namespace) -> StudyConfig:
 
 
 def cmd_study_start(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.devices is not None and not all(d.strip().isdigit() for d in args.devices.split(",")):
+        raise UsageError(f"--devices takes GPU indices like 0,1,2; got {args.devices!r}")
     cfg = replace_cfg(_load_cfg(args), name=args.name, trials=args.trials, timeout=args.timeout)
     run = prepare(cfg, data_dir=args.data_dir)  # raises on bad input; nothing written yet
     cfg = run.cfg
@@ -210,8 +217,21 @@ def cmd_study_start(args: argparse.Namespace) -> int:
     )
     progress = _Progress(cfg.study.trials, out, verbose=args.verbose or out.isatty())
     failing = None
+    plans = plan_workers(args.workers, args.devices.split(",") if args.devices else None)
     try:
-        run_study(run, on_trial=progress.trial, on_epoch=progress.epoch)
+        if len(plans) > 1 or plans[0].device is not None:
+            where = ", ".join(f"GPU {p.device}" if p.device else "CPU" for p in plans)
+            print(f"{len(plans)} worker process(es): {where}", file=out, flush=True)
+            start = time.perf_counter()
+            codes = run_workers(jsonable(cfg.to_dict()), plans, args.data_dir)
+            bad = [f"worker {i} exited {c}" for i, c in enumerate(codes) if c != 0]
+            if bad:
+                print("warning: " + "; ".join(bad), file=sys.stderr)
+            counts = state_counts(run.study)
+            counts["wall_seconds"] = time.perf_counter() - start
+            run.tracker.end_parent(run.parent_run_id, counts, "FINISHED")
+        else:
+            run_study(run, on_trial=progress.trial, on_epoch=progress.epoch)
     except StudyFailing as e:
         failing = e
     except KeyboardInterrupt:
@@ -480,6 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--data-dir", help="folder of the dataset files (overrides data.data_dir)")
     start.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
     start.add_argument("-v", "--verbose", action="store_true", help="print every epoch")
+    start.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes on the CPU sharing the study (default 1)",
+    )
+    start.add_argument(
+        "--devices",
+        help="GPUs to use, one worker each: e.g. 0,1,2,3 (trials never share a GPU)",
+    )
     start.add_argument(
         "--no-register",
         action="store_true",
