@@ -16,7 +16,7 @@ from ._data import (
     read_idx,
     stratified_split,
 )
-from ._train import Classifier, TrainConfig, TrialResult, evaluate, fit
+from ._train import Classifier, TrainConfig, TrialResult, evaluate, fit, logits_in_batches
 
 __all__ = [
     "DATASETS",
@@ -32,6 +32,7 @@ __all__ = [
     "find_fashion_mnist",
     "fit",
     "load_dataset",
+    "logits_in_batches",
     "on_device",
     "read_idx",
     "stratified_split",

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -29,7 +29,14 @@ from ._data import ImageData
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-__all__ = ["Classifier", "TrainConfig", "TrialResult", "evaluate", "fit"]
+__all__ = [
+    "Classifier",
+    "TrainConfig",
+    "TrialResult",
+    "evaluate",
+    "fit",
+    "logits_in_batches",
+]
 
 ACCELERATORS = ("auto", "cpu", "gpu")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
@@ -320,6 +327,25 @@ def fit(
 
 
 @torch.no_grad()
+def logits_in_batches(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    batch_size: int = 1024,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(logits, labels)`` of ``model`` in eval mode on uint8 images, a batch at a time."""
+    model.eval()
+    device = next(model.parameters()).device
+    c = x.shape[1]
+    m = torch.tensor(mean, device=device).view(1, c, 1, 1)
+    s = torch.tensor(std, device=device).view(1, c, 1, 1)
+    for xb, yb in Batches(x, y, batch_size):
+        yield model((xb.to(device).float() - m) / s), yb.to(device)
+
+
 def evaluate(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -330,15 +356,8 @@ def evaluate(
     batch_size: int = 1024,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on uint8 images ``x`` with labels ``y``."""
-    model.eval()
-    device = next(model.parameters()).device
-    c = x.shape[1]
-    m = torch.tensor(mean, device=device).view(1, c, 1, 1)
-    s = torch.tensor(std, device=device).view(1, c, 1, 1)
     loss_sum, correct = 0.0, 0
-    for xb, yb in Batches(x, y, batch_size):
-        xb, yb = xb.to(device), yb.to(device)
-        logits = model((xb.float() - m) / s)
+    for logits, yb in logits_in_batches(model, x, y, mean, std, batch_size=batch_size):
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
     return loss_sum / len(y), correct / len(y)

@@ -417,10 +417,6 @@ class MlflowConfig:
 # --- checking ---------------------------------------------------------------------------------
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
 def _check_scalar(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
     if tp is bool:
         if not isinstance(value, bool):

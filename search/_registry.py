@@ -33,7 +33,7 @@ from models import (
     read_metadata,
     sha256_file,
 )
-from objectives import evaluate, fit
+from objectives import evaluate, fit, logits_in_batches
 
 from ._aliases import ChampionRule, Member, assign_aliases, pareto_members
 from ._study import StudyRun, is_feasible, trial_spec
@@ -123,15 +123,10 @@ def confusion_matrix(
     num_classes: int,
 ) -> tuple[float, torch.Tensor]:
     """Accuracy and the confusion matrix (rows: true class, columns: predicted) of uint8 images."""
-    n = num_classes
-    matrix = torch.zeros(n, n, dtype=torch.long)
-    c = x.shape[1]
-    m = torch.tensor(mean).view(1, c, 1, 1)
-    s = torch.tensor(std).view(1, c, 1, 1)
-    model.eval()
-    for i in range(0, len(y), 1024):
-        pred = model((x[i : i + 1024].float() - m) / s).argmax(1)
-        matrix.index_put_((y[i : i + 1024], pred), torch.ones_like(pred), accumulate=True)
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for logits, yb in logits_in_batches(model, x, y, mean, std):
+        pred = logits.argmax(1).cpu()
+        matrix.index_put_((yb.cpu(), pred), torch.ones_like(pred), accumulate=True)
     return float(matrix.diag().sum()) / max(len(y), 1), matrix
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,15 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     else:
         out[prefix] = str(list(data) if isinstance(data, tuple) else data)
     return out
+
+
+def _curve_metrics(curves: Mapping[str, Sequence[float]], now: int) -> list[Metric]:
+    """Per-epoch values as metric histories: step = epoch."""
+    return [
+        Metric(name, float(v), now, step)
+        for name, values in curves.items()
+        for step, v in enumerate(values)
+    ]
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
@@ -148,11 +157,7 @@ class Tracker:
             tag = RunTag("cnnas.duplicate_of", str(duplicate_of))
             self.client.log_batch(run_id, tags=[tag])
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(name, float(v), now, step)
-            for name, values in result.curves.items()
-            for step, v in enumerate(values)
-        ]
+        metrics = _curve_metrics(result.curves, now)
         for name in ("params", "macs", "ratio", "seconds", "epochs"):
             metrics.append(Metric(name, float(getattr(result, name)), now, 0))
         for chunk in _chunks(metrics, _MAX_METRICS):
@@ -174,11 +179,7 @@ class Tracker:
     def finish_pruned(self, run_id: str, curves: Mapping[str, list[float]], reason: str) -> None:
         """Closes the run of a trial stopped early: its curves so far, the reason, KILLED."""
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(name, float(v), now, step)
-            for name, values in curves.items()
-            for step, v in enumerate(values)
-        ]
+        metrics = _curve_metrics(curves, now)
         for chunk in _chunks(metrics, _MAX_METRICS):
             self.client.log_batch(run_id, metrics=chunk)
         self.client.log_batch(run_id, tags=[RunTag("cnnas.pruned", reason[:_TAG_LIMIT])])
