@@ -1,10 +1,13 @@
 """Image-classification datasets for the search: reading, validating and splitting.
 
-Two datasets are supported, both without any network access:
+Built in here, both without any network access:
 
 * ``fashion-mnist`` -- the four IDX files from Zalando's Fashion-MNIST, read from a local
   directory (Debian/Ubuntu ship them in the ``dataset-fashion-mnist`` package);
 * ``digits`` -- scikit-learn's bundled 8x8 handwritten digits, useful as a tiny smoke-test set.
+
+The other formats (MNIST, KMNIST, EMNIST, CIFAR-10/100, ``.npz`` files, folders of images) live
+in ``_sources.py`` and ``_folder.py`` and are imported only when such a dataset is loaded.
 
 Every split is made here, once, with seeded stratified sampling, so that every trial of a study
 sees exactly the same train/validation/test partition and the test set never leaks into search.
@@ -28,11 +31,14 @@ import torch
 
 __all__ = [
     "DATASETS",
+    "EMNIST_SPLITS",
     "DatasetError",
     "ImageData",
+    "default_data_dir",
     "find_fashion_mnist",
     "load_dataset",
     "read_idx",
+    "resize_images",
     "stratified_split",
 ]
 
@@ -44,10 +50,38 @@ class DatasetError(ValueError):
     """
 
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "digits")
+EMNIST_SPLITS: tuple[str, ...] = ("balanced", "byclass", "bymerge", "digits", "letters", "mnist")
+
+DATASETS: tuple[str, ...] = (
+    "fashion-mnist",
+    "digits",
+    "mnist",
+    "kmnist",
+    *(f"emnist-{split}" for split in EMNIST_SPLITS),
+    "cifar-10",
+    "cifar-100",
+    "cifar-100-coarse",
+    "image-folder",
+    "npz",
+)
+
+# Datasets read from a file or folder the user names; they have no default location.
+USER_DATASETS: tuple[str, ...] = ("image-folder", "npz")
 
 #: Environment variable naming a data directory, used when no explicit directory is given.
 DATA_DIR_ENV = "CNNAS_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """Where ``cnnas data fetch`` puts datasets and loading looks for them by default.
+
+    ``$CNNAS_DATA_DIR`` when set, else ``$XDG_CACHE_HOME/cnnas/datasets`` (``~/.cache/...``).
+    """
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "cnnas" / "datasets"
+
 
 #: Default places to look for Fashion-MNIST; Debian's ``dataset-fashion-mnist`` installs here.
 FASHION_MNIST_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
@@ -83,7 +117,19 @@ _DIGITS_SOURCE = "sklearn.datasets.load_digits"
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_TEST_SEED = 0
 
-_NUM_CLASSES = {"fashion-mnist": len(_FASHION_MNIST_CLASSES), "digits": len(_DIGITS_CLASSES)}
+# Class counts known before reading, so a bad ``subset`` fails before any file is read.
+_NUM_CLASSES = {
+    "fashion-mnist": len(_FASHION_MNIST_CLASSES),
+    "digits": len(_DIGITS_CLASSES),
+    "mnist": 10,
+    "kmnist": 10,
+    "cifar-10": 10,
+    "cifar-100": 100,
+    "cifar-100-coarse": 20,
+}
+# Without an official test split, a fixed seed (not the study seed) carves one out, so test
+# scores of different studies on the same data stay comparable.
+_TEST_SEED = 0
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -227,7 +273,9 @@ def _fashion_candidates(data_dir: str | os.PathLike | None) -> tuple[list[Path],
     elif os.environ.get(DATA_DIR_ENV):
         root, origin = Path(os.environ[DATA_DIR_ENV]).expanduser(), f"${DATA_DIR_ENV}"
     else:
-        return list(FASHION_MNIST_DIRS), "the default locations"
+        # After the Debian folder: where `cnnas data fetch fashion-mnist` puts the files.
+        defaults = [*FASHION_MNIST_DIRS, default_data_dir() / "fashion-mnist"]
+        return defaults, "the default locations"
     return [root, *(root / sub for sub in _FASHION_MNIST_SUBDIRS)], origin
 
 
@@ -235,8 +283,10 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
     """Return the directory holding the four Fashion-MNIST IDX files.
 
     Looks in ``data_dir`` when given (and only there), else in ``$CNNAS_DATA_DIR`` when set,
-    else in ``FASHION_MNIST_DIRS``. A user-supplied directory may also hold the files in a
-    ``fashion-mnist/`` or ``fashion_mnist/`` sub-directory. Each file may be plain or ``.gz``.
+    else in ``FASHION_MNIST_DIRS``, then in ``default_data_dir() / "fashion-mnist"`` (where
+    ``cnnas data fetch fashion-mnist`` puts them). A user-supplied directory may also hold the
+    files in a ``fashion-mnist/`` or ``fashion_mnist/`` sub-directory. Each file may be plain
+    or ``.gz``.
 
     Raises:
         DatasetError: listing every directory looked in, the file names expected and how to
@@ -262,8 +312,9 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
         + f"\nfor the files:\n{expected}\n"
         "To get them: on Debian/Ubuntu run `apt-get install dataset-fashion-mnist` (installs "
         f"to {FASHION_MNIST_DIRS[0]}), or download the four files from "
-        "https://github.com/zalandoresearch/fashion-mnist and pass --data-dir DIR, set "
-        f"data.data_dir in the config, or set {DATA_DIR_ENV}=DIR."
+        "https://github.com/zalandoresearch/fashion-mnist (or run `cnnas data fetch "
+        "fashion-mnist`) and pass --data-dir DIR, set data.data_dir in the config, or set "
+        f"{DATA_DIR_ENV}=DIR."
     )
 
 
@@ -465,6 +516,106 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(means), tuple(stds)
 
 
+def _check_size(image_size: object) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if (
+        not isinstance(image_size, (tuple, list))
+        or len(image_size) != 2
+        or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= v <= 4096
+            for v in image_size
+        )
+    ):
+        raise DatasetError(
+            f"image_size must be (height, width), two integers in 1..4096, got {image_size!r}"
+        )
+    return int(image_size[0]), int(image_size[1])
+
+
+def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(N, C, H, W)`` uint8 images resized to ``size`` = (height, width), bilinear.
+
+    Antialiased, so shrinking averages pixels as Pillow's resize does (``cnnas predict`` resizes
+    single images with Pillow). Works in chunks to bound the float copy.
+    """
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    out = torch.empty((x.shape[0], x.shape[1], *size), dtype=torch.uint8)
+    for start in range(0, x.shape[0], 4096):
+        chunk = x[start : start + 4096].to(torch.float32)
+        resized = torch.nn.functional.interpolate(
+            chunk, size=size, mode="bilinear", align_corners=False, antialias=True
+        )
+        out[start : start + 4096] = resized.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def _check_classes(
+    name: str, classes: tuple[str, ...], pool_y: torch.Tensor, test_y: torch.Tensor, source: str
+) -> None:
+    present = torch.unique(pool_y).tolist()
+    if len(present) < 2:
+        only = ", ".join(classes[int(k)] for k in present) or "none"
+        raise DatasetError(
+            f"{source}: a classifier needs at least two classes, but the training images of "
+            f"{name!r} hold {len(present)} ({only})"
+        )
+    for what, y in (("training", pool_y), ("test", test_y)):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+            raise DatasetError(
+                f"{source}: {what} labels must be in 0..{len(classes) - 1} "
+                f"({len(classes)} classes), found {int(y.min())}..{int(y.max())}"
+            )
+
+
+def _load_raw(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None,
+    path: str | os.PathLike | None,
+    image_size: tuple[int, int] | None,
+    cache_dir: str | os.PathLike | None,
+    max_unreadable: float,
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[str, ...], str
+]:
+    """``(pool_x, pool_y, test_x, test_y, classes, source)``; test is None without a split."""
+    if name == "fashion-mnist":
+        pool_x, pool_y, test_x, test_y, source = _load_fashion_mnist(
+            path if path is not None else data_dir
+        )
+        return pool_x, pool_y, test_x, test_y, _FASHION_MNIST_CLASSES, source
+    if name == "digits":
+        pool_x, pool_y, test_x, test_y, source = _load_digits()
+        return pool_x, pool_y, test_x, test_y, _DIGITS_CLASSES, source
+    if name == "image-folder":
+        from ._folder import load_image_folder
+
+        return load_image_folder(
+            _user_path(name, path, data_dir),
+            image_size=image_size,
+            cache_dir=cache_dir,
+            max_unreadable=max_unreadable,
+        )
+    from . import _sources
+
+    if name == "npz":
+        return _sources.load_npz(_user_path(name, path, data_dir))
+    return _sources.load_public(name, path=path, data_dir=data_dir)
+
+
+def _user_path(name: str, path: str | os.PathLike | None, data_dir: str | os.PathLike | None):
+    location = path if path is not None else data_dir
+    if location is None:
+        what = "a folder of class subfolders" if name == "image-folder" else "an .npz file"
+        raise DatasetError(
+            f"data.path: the {name!r} dataset needs {what}; set data.path in the config "
+            "(or pass --data-dir)"
+        )
+    return Path(location).expanduser()
+
+
 def load_dataset(
     name: str,
     *,
@@ -472,48 +623,87 @@ def load_dataset(
     val_fraction: float = 0.1,
     subset: int | None = None,
     seed: int = 0,
+    path: str | os.PathLike | None = None,
+    image_size: tuple[int, int] | None = None,
+    test_fraction: float = 0.2,
+    cache_dir: str | os.PathLike | None = None,
+    max_unreadable: float = 0.01,
 ) -> ImageData:
     """Load dataset ``name`` and split it into train, validation and test sets.
 
-    The test set is the dataset's official one (Fashion-MNIST) or a fixed stratified 20 %
-    carved out with seed 0 (digits); it never depends on ``seed`` or ``subset``. The remaining
-    training pool is optionally reduced to a stratified ``subset`` of (exactly) that many images,
-    then split class by class with ``stratified_split(train_y, val_fraction, seed)``. The same
-    arguments always give identical tensors.
+    The test set is the dataset's official one (the IDX sets, CIFAR, an image folder with
+    ``train/`` and ``test/``, an npz with ``x_test``/``y_test``), else a fixed stratified
+    ``test_fraction`` carved out with seed 0 (digits: 20 %); it never depends on ``seed`` or
+    ``subset``. The remaining training pool is optionally reduced to a stratified ``subset`` of
+    (exactly) that many images, then split class by class with
+    ``stratified_split(train_y, val_fraction, seed)``. The same arguments always give identical
+    tensors.
 
-    ``data_dir`` is only used for Fashion-MNIST (see ``find_fashion_mnist``).
+    Where the data is: ``path`` names the dataset's own file or folder (required for
+    ``image-folder`` and ``npz``, where ``data_dir`` stands in for it when ``path`` is None);
+    otherwise the public datasets are looked for in ``data_dir`` (or a sub-folder named after
+    the dataset), else ``$CNNAS_DATA_DIR``, else ``default_data_dir()``.
+
+    ``image_size`` = (height, width) resizes every image (bilinear, antialiased); None keeps
+    the source size (an image folder then needs all images of one size). ``cache_dir`` and
+    ``max_unreadable`` (the fraction of undecodable files skipped before the folder is refused)
+    apply to image folders.
 
     Raises:
         DatasetError: if ``name`` is unknown, ``subset`` is too small, or the data is missing,
-            unreadable or inconsistent.
-        ValueError: if ``val_fraction`` is not strictly between 0 and 1.
+            unreadable or inconsistent (wrong format, truncated, count mismatch, one class).
+        ValueError: if ``val_fraction`` or ``test_fraction`` is not strictly between 0 and 1.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
     # Check the arguments before reading anything, so a typo fails fast.
     val_fraction = _check_fraction(val_fraction, "val_fraction")
-    num_classes = _NUM_CLASSES[name]
+    test_fraction = _check_fraction(test_fraction, "test_fraction")
+    size = _check_size(image_size)
+    if (
+        isinstance(max_unreadable, bool)
+        or not isinstance(max_unreadable, numbers.Real)
+        or not 0 <= max_unreadable <= 1
+    ):
+        raise ValueError(f"max_unreadable must be a fraction in [0, 1], got {max_unreadable!r}")
+    min_subset = 2 * _NUM_CLASSES.get(name, 2)
     if subset is not None and (
-        isinstance(subset, bool)
-        or not isinstance(subset, numbers.Integral)
-        or subset < 2 * num_classes
+        isinstance(subset, bool) or not isinstance(subset, numbers.Integral) or subset < min_subset
     ):
         raise DatasetError(
-            f"subset must be an integer >= {2 * num_classes} (two images per class, so each "
+            f"subset must be an integer >= {min_subset} (two images per class, so each "
             f"class can appear in both train and validation) for {name!r}, got {subset!r}"
         )
     subset = None if subset is None else int(subset)  # numpy integers are welcome
 
-    if name == "fashion-mnist":
-        pool_x, pool_y, test_x, test_y, source = _load_fashion_mnist(data_dir)
-        classes = _FASHION_MNIST_CLASSES
-    else:
-        pool_x, pool_y, test_x, test_y, source = _load_digits()
-        classes = _DIGITS_CLASSES
-
+    pool_x, pool_y, test_x, test_y, classes, source = _load_raw(
+        name,
+        data_dir=data_dir,
+        path=path,
+        image_size=size,
+        cache_dir=cache_dir,
+        max_unreadable=float(max_unreadable),
+    )
+    if test_x is None or test_y is None:
+        pool_idx, test_idx = stratified_split(pool_y, test_fraction, _TEST_SEED)
+        pool_x, pool_y, test_x, test_y = (
+            pool_x[pool_idx],
+            pool_y[pool_idx],
+            pool_x[test_idx],
+            pool_y[test_idx],
+        )
+    _check_classes(name, classes, pool_y, test_y, source)
+    if subset is not None and subset < 2 * len(classes):
+        raise DatasetError(
+            f"subset must be an integer >= {2 * len(classes)} (two images per class, so each "
+            f"class can appear in both train and validation) for {name!r} with "
+            f"{len(classes)} classes, got {subset}"
+        )
     if subset is not None and subset < len(pool_y):
         chosen = _stratified_subset(pool_y, subset, seed)
         pool_x, pool_y = pool_x[chosen], pool_y[chosen]
+    if size is not None:
+        pool_x, test_x = resize_images(pool_x, size), resize_images(test_x, size)
 
     train_idx, val_idx = stratified_split(pool_y, val_fraction, seed)
     # Advanced indexing copies, so every returned tensor owns contiguous memory.
@@ -522,7 +712,7 @@ def load_dataset(
     mean, std = _channel_stats(train_x)
     return ImageData(
         name=name,
-        classes=classes,
+        classes=tuple(classes),
         train_x=train_x.contiguous(),
         train_y=train_y.contiguous(),
         val_x=val_x.contiguous(),
