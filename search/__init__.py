@@ -20,6 +20,7 @@ from ._registry import (
     register_front,
     test_accuracy,
 )
+from ._report import Report, dashboard_artifact_store, write_report
 from ._space import max_pools, suggest_spec
 from ._study import (
     StudyFailing,
@@ -39,12 +40,14 @@ __all__ = [
     "DataConfig",
     "MlflowConfig",
     "RegistryError",
+    "Report",
     "SpaceConfig",
     "StudyConfig",
     "StudyFailing",
     "StudyMismatch",
     "StudyRun",
     "Tracker",
+    "dashboard_artifact_store",
     "front_trials",
     "load",
     "load_config",
@@ -61,4 +64,5 @@ __all__ = [
     "suggest_spec",
     "test_accuracy",
     "trial_spec",
+    "write_report",
 ]
