@@ -15,11 +15,21 @@ from ._io import (
 )
 from ._shapes import (
     Layer,
+    adaptive_macs,
     count_macs,
     count_params,
     infer_shapes,
     multiscale_sections,
     out_size,
+    stage_macs,
+)
+from ._skip import (
+    SkipCNN,
+    check_skippable,
+    depth_macs,
+    executed_macs,
+    router_spec,
+    skip_spec,
 )
 from ._spec import (
     ACTIVATIONS,
@@ -51,15 +61,23 @@ __all__ = [
     "Layer",
     "ModelFileError",
     "MultiScale",
+    "SkipCNN",
     "SpecError",
+    "adaptive_macs",
     "build",
+    "check_skippable",
     "count_macs",
     "count_params",
+    "depth_macs",
+    "executed_macs",
     "infer_shapes",
     "load_model",
     "multiscale_sections",
     "out_size",
     "read_metadata",
+    "router_spec",
     "save_model",
     "sha256_file",
+    "skip_spec",
+    "stage_macs",
 ]

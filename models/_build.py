@@ -112,6 +112,12 @@ class CNN(nn.Module):
     their losses. ``forward`` returns what the network predicts: the main head's logits, or, for a
     multi-head spec with ``predict='mean'``, the log of the heads' mean probabilities (its argmax
     is the prediction and it works with ``nll_loss``).
+
+    An adaptive-depth spec adds an exit classifier after every block but the last (the last
+    block's exit is the usual head). ``forward_exits`` returns every exit's logits in stage order;
+    ``adaptive_forward`` runs, per image, the stages up to its first confident exit. ``forward``
+    is the adaptive prediction in eval mode and the last exit's logits in training mode (training
+    sums the exits' losses over ``forward_exits``).
     """
 
     def __init__(self, spec: ArchSpec) -> None:
@@ -137,8 +143,81 @@ class CNN(nn.Module):
         self.classifier = nn.Linear(width, spec.num_classes)
         aux = [la for la in walk if la.name.startswith("aux_heads.")]
         self.aux_heads = nn.ModuleList(nn.Linear(la.in_shape[0], spec.num_classes) for la in aux)
+        exits = [la for la in walk if la.name.startswith("exits.")]
+        self.exits = nn.ModuleList(nn.Linear(la.in_shape[0], spec.num_classes) for la in exits)
+
+    def _exit(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """The logits of exit ``k`` on the output ``x`` of block ``k``."""
+        if k < len(self.exits):
+            return self.exits[k](x.mean((2, 3)))
+        return self.classifier(self.head(self.aggregate(x)))
+
+    def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every exit's logits at full depth, in stage order (the last is the head's)."""
+        if not self.spec.adaptive_depth:
+            raise ValueError("forward_exits needs a spec with adaptive_depth true")
+        out = []
+        for k, block in enumerate(self.features):
+            x = block(x)
+            out.append(self._exit(k, x))
+        return out
+
+    def _confident(self, logits: torch.Tensor) -> torch.Tensor:
+        # Softmax confidence cannot exceed 1, but in float it can round to exactly 1.0: a
+        # threshold of 1.0 is therefore tested apart, as "never stop early".
+        if self.spec.exit_threshold >= 1.0:
+            return torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+        return logits.float().softmax(1).amax(1) >= self.spec.exit_threshold
+
+    def choose_exit(self, exits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, depths)`` of the adaptive rule applied to all exits' logits (stage order).
+
+        Image ``i`` takes the logits of its first confident exit (the last one if none is) and
+        ``depths[i]`` is that exit's number, 1-based. The same answer as ``adaptive_forward``,
+        computed from a full-depth pass (what training and validation already have).
+        """
+        n = len(exits)
+        depths = torch.full((len(exits[0]),), n, dtype=torch.long, device=exits[0].device)
+        for k in range(n - 2, -1, -1):  # backwards, so the first confident exit wins
+            depths = torch.where(self._confident(exits[k]), k + 1, depths)
+        stacked = torch.stack(exits)  # (exits, images, classes)
+        index = (depths - 1).view(1, -1, 1).expand(1, *stacked.shape[1:])
+        return stacked.gather(0, index).squeeze(0), depths
+
+    def adaptive_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, depths)``, running for each image only the stages up to its exit.
+
+        After each stage the images whose exit is confident leave; the next stage runs on the
+        sub-batch still undecided, so a stage (and its exit) no image reaches is not run at all
+        and gets no gradient.
+        """
+        if not self.spec.adaptive_depth:
+            raise ValueError("adaptive_forward needs a spec with adaptive_depth true")
+        n, last = len(x), len(self.features) - 1
+        depths = torch.full((n,), last + 1, dtype=torch.long, device=x.device)
+        idx = torch.arange(n, device=x.device)  # the images still undecided
+        out: torch.Tensor | None = None
+        for k, block in enumerate(self.features):
+            x = block(x)
+            logits = self._exit(k, x)
+            if out is None:
+                out = logits.new_zeros((n, logits.shape[1]))
+            done = torch.ones_like(idx, dtype=torch.bool) if k == last else self._confident(logits)
+            if bool(done.all()):
+                return out.index_copy(0, idx, logits), depths.index_fill(0, idx, k + 1)
+            if bool(done.any()):
+                # Out of place, so autograd follows every image to the exit that answered it.
+                stop = idx[done]
+                out = out.index_copy(0, stop, logits[done])
+                depths = depths.index_fill(0, stop, k + 1)
+                keep = ~done
+                idx, x = idx[keep], x[keep]
+        raise AssertionError("unreachable: the last stage answers every image")
 
     def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.spec.adaptive_depth:
+            exits = self.forward_exits(x)
+            return (exits[-1], *exits[:-1])  # the main head (the last exit) first
         features = self.aggregate(self.features(x))
         if isinstance(features, list):  # multi-scale sections
             sections, features = features, torch.cat(features, 1)
@@ -149,12 +228,18 @@ class CNN(nn.Module):
 
     def combine(self, heads: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The prediction from all heads' logits, by the spec's rule."""
+        if self.spec.adaptive_depth:
+            return self.choose_exit([*heads[1:], heads[0]])[0]
         if len(heads) == 1 or self.spec.predict == "main":
             return heads[0]
         probs = torch.stack([h.float().softmax(1) for h in heads]).mean(0)
         return probs.clamp_min(1e-12).log()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.adaptive_depth:
+            if self.training:
+                return self._exit(len(self.features) - 1, self.features(x))
+            return self.adaptive_forward(x)[0]
         return self.combine(self.forward_heads(x))
 
 

@@ -12,7 +12,8 @@ elementwise and left out, as is usual.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,12 +24,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Layer",
+    "adaptive_macs",
     "count_macs",
     "count_params",
     "infer_shapes",
     "layers",
     "multiscale_sections",
     "out_size",
+    "stage_macs",
 ]
 
 Shape = tuple[int, ...]
@@ -140,6 +143,11 @@ def layers(spec: ArchSpec) -> Iterator[Layer]:
     if spec.heads == "multi":
         for i, size in enumerate(sections[1:]):
             yield Layer(f"aux_heads.{i}", "linear", (size,), (n,), size * n + n, size * n)
+    if spec.adaptive_depth:
+        # The exit after block k (all but the last, whose exit is the head above) sees the
+        # GAP of the block's map, of ``c`` channels like the last map's. GAP has no MACs.
+        for k in range(len(spec.blocks) - 1):
+            yield Layer(f"exits.{k}", "linear", (c,), (n,), c * n + n, c * n)
 
 
 def infer_shapes(spec: ArchSpec) -> tuple[Layer, ...]:
@@ -155,3 +163,40 @@ def count_params(spec: ArchSpec) -> int:
 def count_macs(spec: ArchSpec) -> int:
     """Multiply-accumulates of one forward pass of one image (convolutions and linear layers)."""
     return sum(layer.macs for layer in layers(spec))
+
+
+def stage_macs(spec: ArchSpec) -> tuple[int, ...]:
+    """MACs per image of an adaptive-depth spec when the image stops at exit 1, 2, ..., n.
+
+    Entry ``k - 1`` counts blocks 1..k and the exits 1..k that were evaluated on the way; the
+    last entry (every stage, every exit, the head) equals :func:`count_macs`. A spec without
+    adaptive depth has one entry, its :func:`count_macs`.
+    """
+    walk = infer_shapes(spec)
+    if not spec.adaptive_depth:
+        return (sum(la.macs for la in walk),)
+    n = len(spec.blocks)
+    block = [sum(la.macs for la in walk if la.name.startswith(f"features.{b}.")) for b in range(n)]
+    exits = {la.name: la.macs for la in walk if la.name.startswith("exits.")}
+    out, total = [], 0
+    for k in range(n - 1):
+        total += block[k] + exits[f"exits.{k}"]
+        out.append(total)
+    out.append(sum(la.macs for la in walk))
+    return tuple(out)
+
+
+def adaptive_macs(spec: ArchSpec, depths: Iterable[int]) -> float:
+    """Average MACs per image actually executed when image ``i`` stops at exit ``depths[i]``.
+
+    ``depths`` holds values in 1..len(stage_macs(spec)) (a list, or a tensor's ``.tolist()``);
+    it must not be empty.
+    """
+    table = stage_macs(spec)
+    counts = Counter(int(d) for d in depths)
+    if not counts:
+        raise ValueError("adaptive_macs needs at least one depth")
+    bad = sorted(d for d in counts if not 1 <= d <= len(table))
+    if bad:
+        raise ValueError(f"depths must lie in 1..{len(table)}, got {bad}")
+    return sum(table[d - 1] * c for d, c in counts.items()) / sum(counts.values())

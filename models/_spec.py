@@ -223,6 +223,14 @@ class ArchSpec:
     aux_weight: float = 1.0
     # What a multi-head network predicts: the main head's, or the mean of all heads' probabilities.
     predict: str = "main"
+    # Adaptive depth (seed 001's layer skipping, learned): every block after the first keeps
+    # channels, height and width, and each block but the last has an exit classifier (global
+    # average pooling + linear) in front of the usual head. An image stops at the first exit that
+    # is confident enough, so easy images run fewer stages. Needs aggregation 'gap', heads 'single'.
+    adaptive_depth: bool = False
+    # Adaptive depth: an image stops at the first exit whose largest softmax probability is at
+    # least this; 1.0 runs every stage for every image. In (0, 1].
+    exit_threshold: float = 0.9
 
     def __post_init__(self) -> None:
         shape = self.input_shape
@@ -247,10 +255,41 @@ class ArchSpec:
             raise SpecError("aux_weight", f"must be a number in [0, 100], got {aux!r}")
         object.__setattr__(self, "aux_weight", float(aux))
         _choice(self.predict, "predict", PREDICTIONS)
+        _bool(self.adaptive_depth, "adaptive_depth")
+        t = self.exit_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+            raise SpecError("exit_threshold", f"must be a number in (0, 1], got {t!r}")
+        object.__setattr__(self, "exit_threshold", float(t))
+        if self.adaptive_depth:
+            self._check_adaptive()
         # Shape inference is the last check: it raises if a feature map collapses.
         from ._shapes import infer_shapes
 
         infer_shapes(self)
+
+    def _check_adaptive(self) -> None:
+        if len(self.blocks) < 2:
+            raise SpecError(
+                "adaptive_depth", f"needs at least 2 blocks to skip any, got {len(self.blocks)}"
+            )
+        if self.aggregation != "gap":
+            raise SpecError("adaptive_depth", f"needs aggregation 'gap', got {self.aggregation!r}")
+        if self.heads != "single":
+            raise SpecError("adaptive_depth", f"needs heads 'single', got {self.heads!r}")
+        # An image that stops early skips the remaining stages, so each must map the first
+        # block's output to the same shape; every exit then sees the same kind of feature map.
+        from ._shapes import infer_shapes
+
+        walk = infer_shapes(self)
+        for bi in range(1, len(self.blocks)):
+            mine = [la for la in walk if la.name.startswith(f"features.{bi}.")]
+            if mine[0].in_shape != mine[-1].out_shape:
+                raise SpecError(
+                    f"blocks[{bi}]",
+                    "adaptive_depth needs every block after the first to keep channels, height "
+                    f"and width, got {mine[0].in_shape} -> {mine[-1].out_shape}; use filters "
+                    f"{self.blocks[0].filters}, padding 'same' and pool 'none'",
+                )
 
     @staticmethod
     def _children(name: str, items: Any, cls: type) -> tuple:
@@ -305,6 +344,11 @@ class ArchSpec:
         d = self.to_dict()
         for name in self.inactive():
             del d[name]
+        if not self.adaptive_depth:
+            # The adaptive-depth fields came after specs were first hashed: off, they leave the
+            # dict, so every spec hashed before they existed keeps its hash (stored studies find
+            # their twins, saved weights their spec). The threshold is inactive without exits.
+            del d["adaptive_depth"], d["exit_threshold"]
         for block, bd in zip(self.blocks, d["blocks"], strict=True):
             for name in block.inactive():
                 del bd[name]
@@ -327,6 +371,8 @@ class ArchSpec:
             s += f"~{b.dropout:.2g}" if b.dropout else ""
             parts.append(s)
         parts.append(self.aggregation)
+        if self.adaptive_depth:
+            parts[-1] += f"+exits({self.exit_threshold:g})"
         if self.heads == "multi":
             parts[-1] += f"+heads({self.predict},{self.aux_weight:g})"
         parts += [f"d{d.width}" + (f"~{d.dropout:.2g}" if d.dropout else "") for d in self.dense]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -17,8 +19,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerStatus
 
-from models import ArchSpec, build, count_macs, count_params
+from models import ArchSpec, build, count_macs, count_params, stage_macs
 
 from ._augment import Augment, augment
 from ._batches import Batches, on_device
@@ -86,10 +89,20 @@ class TrialResult:
     seconds: float
     epochs: int
     # Per-epoch values: train_loss, train_acc, val_loss, val_acc, lr, epoch_seconds, and for a
-    # multi-head network val_acc_head0, val_acc_head1, ... (the main head first).
+    # multi-head network val_acc_head0, val_acc_head1, ... (the main head first); for an
+    # adaptive-depth network val_acc_exit1, val_acc_exit2, ... (each exit alone, stage order)
+    # and val_executed_macs.
     curves: dict[str, list[float]]
+    # Average MACs per validation image actually executed: for an adaptive-depth network, the
+    # stages and exits each image ran (its val_acc is that of the adaptive prediction); for any
+    # other, ``macs``. None when constructing means ``macs``.
+    executed_macs: float | None = None
     # The trained network, in eval mode on the CPU. Not part of the record.
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.executed_macs is None:
+            object.__setattr__(self, "executed_macs", float(self.macs))
 
     def metrics(self) -> dict[str, float]:
         """The final scalar metrics, for trial attributes and run metrics."""
@@ -125,6 +138,8 @@ class Classifier(pl.LightningModule):
         self._sums: dict[str, torch.Tensor] = {}
         self._epoch_start = 0.0
         self._channels_last = False
+        # MACs of stopping at each exit, to turn the validation images' exit counts into MACs.
+        self._stage_macs = stage_macs(spec)
 
     def on_fit_start(self) -> None:
         # On a GPU, NHWC tensors let cuDNN use its tensor-core kernels for convolutions.
@@ -148,6 +163,10 @@ class Classifier(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         if prefix == "train_" and self.cfg.augment.active:
             x = augment(x, self.cfg.augment)
+        if self.net.spec.adaptive_depth:
+            return self._adaptive_step(
+                self.net.forward_exits((x - self.mean) / self.std), y, prefix
+            )
         heads = self.net.forward_heads((x - self.mean) / self.std)
         # The optimised loss: the main head's, plus the extra heads' weighted (seed 000).
         loss = F.cross_entropy(heads[0], y)
@@ -167,6 +186,37 @@ class Classifier(pl.LightningModule):
                 for i, h in enumerate(heads):
                     self._add(f"val_correct_head{i}", (h.argmax(1) == y).sum())
         return loss
+
+    def _adaptive_step(
+        self, exits: list[torch.Tensor], y: torch.Tensor, prefix: str
+    ) -> torch.Tensor:
+        # Every exit learns: the loss sums all exits' cross-entropies at full depth, so an early
+        # exit is trained on every image, not only on those it will answer.
+        loss = sum(F.cross_entropy(e, y) for e in exits)
+        with torch.no_grad():
+            # What is reported is the adaptive prediction, the one ``forward`` makes at eval time;
+            # choose_exit reads it off the full-depth pass the loss needed anyway.
+            pred, depths = self.net.choose_exit(exits)
+            n = y.numel()
+            self._add(prefix + "loss", F.cross_entropy(pred.float(), y) * n)
+            self._add(prefix + "correct", (pred.argmax(1) == y).sum())
+            self._add(prefix + "n", n)
+            if prefix == "val_":
+                self._add("val_exits", torch.bincount(depths - 1, minlength=len(exits)))
+                for k, e in enumerate(exits):
+                    self._add(f"val_correct_exit{k + 1}", (e.argmax(1) == y).sum())
+        return loss
+
+    def _executed_macs(self, n: int) -> dict[str, float]:
+        if "val_exits" not in self._sums:
+            return {}
+        counts = self._sums.pop("val_exits").tolist()
+        keys = sorted(k for k in self._sums if k.startswith("val_correct_exit"))
+        out = {k.replace("correct", "acc"): float(self._sums.pop(k)) / n for k in keys}
+        out["val_executed_macs"] = (
+            sum(c * m for c, m in zip(counts, self._stage_macs, strict=True)) / n
+        )
+        return out
 
     def _epoch_means(self, prefix: str) -> tuple[float, float]:
         n = self._sums.pop(prefix + "n", 0)
@@ -201,6 +251,9 @@ class Classifier(pl.LightningModule):
         c = self.curves
         for key, value in self._head_accuracies(n_val).items():
             c.setdefault(key, []).append(value)
+        if n_val:
+            for key, value in self._executed_macs(n_val).items():
+                c.setdefault(key, []).append(value)
         c["train_loss"].append(train_loss)
         c["train_acc"].append(train_acc)
         c["val_loss"].append(loss)
@@ -257,6 +310,25 @@ def _precision(cfg: TrainConfig) -> str:
     return "bf16-mixed" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "32-true"
 
 
+def _fit_interruptibly(trainer: pl.Trainer, module: pl.LightningModule, dm: Any) -> None:
+    """``trainer.fit``, except that Ctrl-C stays a KeyboardInterrupt.
+
+    Lightning turns Ctrl-C into ``sys.exit(1)`` and ignores SIGINT from then on; a caller that
+    runs many trials must instead see the interrupt, record the trial, and stay interruptible.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, datamodule=dm)
+    except SystemExit as e:
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        raise KeyboardInterrupt from e
+    finally:
+        # signal.signal works in the main thread only; elsewhere Lightning could not set it.
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+
+
 def fit(
     spec: ArchSpec,
     data: ImageData,
@@ -302,13 +374,14 @@ def fit(
         warnings.filterwarnings("ignore", message=".*`IterableDataset`.*")
         # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecated; nothing to act on.
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        trainer.fit(module, datamodule=dm)
+        _fit_interruptibly(trainer, module, dm)
     seconds = time.perf_counter() - start
     curves = module.curves
     epochs = len(curves["val_acc"])
     if epochs == 0:
         raise RuntimeError("training stopped before the first validation epoch ended")
     params, macs = count_params(spec), count_macs(spec)
+    executed = curves["val_executed_macs"][-1] if spec.adaptive_depth else float(macs)
     val_acc = curves["val_acc"][-1]
     net = module.net.to("cpu").eval()
     return TrialResult(
@@ -322,6 +395,7 @@ def fit(
         seconds=seconds,
         epochs=epochs,
         curves={k: list(v) for k, v in curves.items()},
+        executed_macs=executed,
         model=net,
     )
 

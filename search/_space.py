@@ -4,8 +4,9 @@ The space adapts to the dataset: downsampling is offered only while the feature 
 ``MIN_POOL_SIZE`` pixels on its short side (seed 002: 28x28 allows about three conv-pool pairs,
 64x64 four or five), so no sampled architecture collapses. A parameter is sampled only when it is
 active (no factorisation for 3x3 kernels, no head options without multi-scale aggregation, no
-growth rule for one block), and a dimension with a single allowed value is fixed rather than
-sampled, so the sampler never models a parameter that cannot matter.
+growth rule for one block, no exit threshold without adaptive depth), and a dimension with a
+single allowed value is fixed rather than sampled, so the sampler never models a parameter that
+cannot matter.
 """
 
 from __future__ import annotations
@@ -19,12 +20,22 @@ from models import ArchSpec, ConvBlock, DenseLayer
 
 from ._config import FloatDim, FloatRange, IntDim, IntRange, SpaceConfig
 
-__all__ = ["DROPOUT_STEP", "MIN_POOL_SIZE", "max_pools", "suggest_augment", "suggest_spec"]
+__all__ = [
+    "DROPOUT_STEP",
+    "MIN_POOL_SIZE",
+    "THRESHOLD_STEP",
+    "max_pools",
+    "suggest_augment",
+    "suggest_spec",
+]
 
 # Downsampling is offered only on maps at least this large: 28 -> 14 -> 7 -> 3 stops after three.
 MIN_POOL_SIZE = 4
 # Dropout 0.3 and 0.3004 train alike; a coarse grid lets an identical architecture be recognised.
 DROPOUT_STEP = 0.05
+# Exit thresholds matter near 1 (0.95 and 0.99 stop very different numbers of images), so their
+# grid is finer than dropout's.
+THRESHOLD_STEP = 0.01
 
 
 def max_pools(height: int, width: int) -> int:
@@ -48,14 +59,14 @@ def _int(trial: optuna.Trial, name: str, dim: IntDim, log: bool = False) -> int:
     return _cat(trial, name, dim)
 
 
-def _float(trial: optuna.Trial, name: str, dim: FloatDim) -> float:
+def _float(trial: optuna.Trial, name: str, dim: FloatDim, step: float = DROPOUT_STEP) -> float:
     if not isinstance(dim, FloatRange):
         return float(_cat(trial, name, dim))
     lo, hi = dim.min, dim.max
-    if hi - lo < DROPOUT_STEP:
+    if hi - lo < step:
         return lo
-    hi = round(lo + DROPOUT_STEP * math.floor((hi - lo) / DROPOUT_STEP + 1e-9), 6)
-    return round(trial.suggest_float(name, lo, hi, step=DROPOUT_STEP), 4)
+    hi = round(lo + step * math.floor((hi - lo) / step + 1e-9), 6)
+    return round(trial.suggest_float(name, lo, hi, step=step), 4)
 
 
 def suggest_spec(
@@ -67,8 +78,13 @@ def suggest_spec(
     """Samples one architecture for images of ``input_shape`` from ``space``."""
     _, height, width = input_shape
     n_blocks = _int(trial, "blocks", space.blocks)
+    # Adaptive depth needs a block to skip; its stages after the first keep the first's shape, so
+    # it fixes growth, downsampling after block 0, the aggregation and the heads.
+    adaptive = bool(_cat(trial, "adaptive_depth", space.adaptive_depth)) if n_blocks > 1 else False
     base = _cat(trial, "base_filters", space.base_filters)
-    growth = _cat(trial, "growth", space.growth) if n_blocks > 1 else "constant"
+    growth = "constant"
+    if n_blocks > 1 and not adaptive:
+        growth = _cat(trial, "growth", space.growth)
     kernel = _cat(trial, "kernel", space.kernels)
     factorize = _cat(trial, "factorize", space.factorize) if kernel > 3 else False
     convs = _int(trial, "convs", space.convs)
@@ -83,7 +99,7 @@ def suggest_spec(
     for i in range(n_blocks):
         filters = base if growth == "constant" else base * 2**i
         pool = "none"
-        if size >= MIN_POOL_SIZE:
+        if size >= MIN_POOL_SIZE and not (adaptive and i > 0):
             pool = network_pool if network_pool else _cat(trial, f"pool_{i}", space.pools)
         if pool != "none":
             size = size // 2 if pool != "conv" else (size + 1) // 2
@@ -99,8 +115,11 @@ def suggest_spec(
             )
         )
 
-    aggregation = _cat(trial, "aggregation", space.aggregations)
+    aggregation = "gap" if adaptive else _cat(trial, "aggregation", space.aggregations)
     heads, predict, aux_weight = "single", "main", 1.0
+    exit_threshold = 0.9  # the spec's default, inactive without adaptive depth
+    if adaptive:
+        exit_threshold = _float(trial, "exit_threshold", space.exit_threshold, THRESHOLD_STEP)
     if aggregation == "multiscale":
         heads = _cat(trial, "heads", space.heads)
         if heads == "multi":
@@ -124,6 +143,8 @@ def suggest_spec(
         heads=heads,
         aux_weight=aux_weight,
         predict=predict,
+        adaptive_depth=adaptive,
+        exit_threshold=exit_threshold,
     )
 
 
