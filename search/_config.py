@@ -27,6 +27,7 @@ from ._aliases import CHAMPION_RULES, ChampionRule
 
 __all__ = [
     "COMPLEXITY",
+    "OBJECTIVES",
     "SAMPLERS",
     "ConfigError",
     "DataConfig",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 SAMPLERS = ("tpe", "nsga2", "random")
+# pareto: maximise validation accuracy and minimise complexity (two objectives); accuracy:
+# maximise validation accuracy alone (complexity is still recorded and its front still drawn).
+OBJECTIVES = ("pareto", "accuracy")
 # The complexity objective minimised next to validation accuracy.
 COMPLEXITY = ("params", "macs")
 GROWTH = ("constant", "doubling")
@@ -72,6 +76,12 @@ class StudySection:
     )
     sampler: str = _opt("tpe", "Optuna sampler.", choices=SAMPLERS)
     seed: int = _opt(0, "Seed of the sampler, the data split and the training.", lo=0, hi=2**31 - 1)
+    objective: str = _opt(
+        "pareto",
+        "pareto: two objectives, validation accuracy up and complexity down; accuracy: one "
+        "objective, validation accuracy (for Optuna's median/hyperband pruners).",
+        choices=OBJECTIVES,
+    )
     complexity: str = _opt(
         "params", "Complexity objective minimised next to validation accuracy.", choices=COMPLEXITY
     )
@@ -98,21 +108,99 @@ class StudySection:
     max_failures: int = _opt(
         3, "Stop the study after this many failed trials in a row.", lo=1, hi=1000
     )
+    heartbeat_interval: int = _opt(
+        60,
+        "Database storages: seconds between a running trial's heartbeats; a trial silent for "
+        "grace_period is failed (its worker died) and retried.",
+        lo=1,
+        hi=86400,
+    )
+    grace_period: int = _opt(
+        180, "Seconds without a heartbeat after which a running trial is failed.", lo=2, hi=604800
+    )
+    retries: int = _opt(
+        1,
+        "Times a trial whose worker died is run again, same architecture (0: never).",
+        lo=0,
+        hi=10,
+    )
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = _opt("fashion-mnist", "Dataset name.", choices=DATASETS)
+    dataset: str = _opt(
+        "fashion-mnist", "Dataset name (see 'Datasets' for each format).", choices=DATASETS
+    )
     data_dir: str | None = _opt(
         None,
-        "Folder of the dataset files; null: $CNNAS_DATA_DIR, then the Debian package's folder.",
+        "Folder that holds the public datasets (itself or a sub-folder named after the dataset, "
+        "as `cnnas data fetch` writes it); null: $CNNAS_DATA_DIR, then ~/.cache/cnnas/datasets "
+        "(Fashion-MNIST: first the Debian package's folder).",
+    )
+    path: str | None = _opt(
+        None,
+        "The dataset's own file or folder: the image folder, the .npz file, a CIFAR tarball or "
+        "folder, a folder of IDX files; required for image-folder and npz.",
+    )
+    height: int | None = _opt(
+        None,
+        "Resize every image to this height in pixels (with data.width); null: keep the source "
+        "size (an image folder's images must then share one size).",
+        lo=1,
+        hi=4096,
+    )
+    width: int | None = _opt(
+        None, "Resize every image to this width in pixels (with data.height).", lo=1, hi=4096
     )
     val_fraction: float = _opt(
         0.1, "Fraction of the training set held out (stratified) for validation.", lo=0.01, hi=0.5
     )
+    test_fraction: float = _opt(
+        0.2,
+        "Image folders and npz files without a test split: fraction held out (stratified, "
+        "seed 0, the same in every study) as the test set.",
+        lo=0.01,
+        hi=0.5,
+    )
     subset: int | None = _opt(
         None, "Use only this many training images (stratified) for quick runs; null: all.", lo=20
     )
+    cache_dir: str | None = _opt(
+        None,
+        "Image folders: folder of the decoded-image cache; null: ~/.cache/cnnas/image-folders.",
+    )
+    max_unreadable: float = _opt(
+        0.01,
+        "Image folders: largest fraction of unreadable image files that are skipped (with a "
+        "warning) before the dataset is refused.",
+        lo=0.0,
+        hi=1.0,
+    )
+
+    def __post_init__(self) -> None:
+        if (self.height is None) != (self.width is None):
+            given, other = ("height", "width") if self.width is None else ("width", "height")
+            raise ConfigError(
+                f"data.{other}: data.{given} is set, so data.{other} must be too "
+                "(or leave both null to keep the source size)"
+            )
+
+    def image_size(self) -> tuple[int, int] | None:
+        """(height, width) to resize to, or None."""
+        return None if self.height is None else (self.height, self.width)
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``objectives.load_dataset`` this section describes."""
+        return {
+            "data_dir": self.data_dir,
+            "path": self.path,
+            "image_size": self.image_size(),
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "subset": self.subset,
+            "cache_dir": self.cache_dir,
+            "max_unreadable": self.max_unreadable,
+        }
 
 
 @dataclass(frozen=True)
@@ -143,11 +231,19 @@ class TrainSection:
         choices=PRECISIONS,
     )
     deterministic: bool = _opt(True, "Deterministic kernels (the same seed gives the same result).")
+    oom_retry: bool = _opt(
+        True,
+        "On a GPU out-of-memory error, train the trial once more at half the batch size before "
+        "recording the architecture as infeasible.",
+    )
     augment: AugmentSection = field(default_factory=AugmentSection)
 
     def to_train_config(self, seed: int, augment: bool = False) -> TrainConfig:
         """The trainer's config; ``augment`` turns on the augmentation this section describes."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        # oom_retry is the study's business (search._study), not the trainer's.
+        values = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "oom_retry"
+        }
         aug = Augment(**dataclasses.asdict(self.augment)) if augment else Augment()
         return TrainConfig(**{**values, "augment": aug}, seed=seed)
 
@@ -235,6 +331,18 @@ class SpaceConfig:
     augment: tuple[bool, ...] = _opt(
         (False,), "Train with the augmentation of train.augment (choices)."
     )
+    adaptive_depth: tuple[bool, ...] = _opt(
+        (False,),
+        "Adaptive depth (choices): equal-size stages after the first block, an exit classifier "
+        "after each, and each image stops at its first confident exit (implies gap, single "
+        "head, no downsampling after the first block).",
+    )
+    exit_threshold: FloatDim = _opt(
+        FloatRange(0.6, 0.99),
+        "Adaptive depth: softmax confidence at which an image stops (1.0: never early).",
+        lo=0.01,
+        hi=1.0,
+    )
 
 
 # The named spaces, each from a source document; a config's own space keys override them.
@@ -309,15 +417,18 @@ SPACE_PRESETS_VALUES: dict[str, dict[str, Any]] = {
 }
 
 
-PRUNING_METHODS = ("none", "pareto", "median", "hyperband")
+PRUNING_METHODS = ("none", "pareto", "median", "hyperband", "successive_halving")
+# Optuna's pruners judge one reported value per epoch: they need study.objective 'accuracy'.
+SINGLE_OBJECTIVE_PRUNERS = ("median", "hyperband", "successive_halving")
 
 
 @dataclass(frozen=True)
 class PruningSection:
     method: str = _opt(
         "none",
-        "Early stopping: none, or pareto (stop a trial that completed, no larger trials beat at "
-        "the same epoch). Optuna's median and hyperband need one objective and are refused.",
+        "Early stopping: none; pareto (stop a trial that completed, no larger trials beat at the "
+        "same epoch; any objective); Optuna's median, hyperband or successive_halving "
+        "(study.objective 'accuracy' only).",
         choices=PRUNING_METHODS,
     )
     margin: float = _opt(
@@ -326,7 +437,13 @@ class PruningSection:
     min_better: int = _opt(
         3, "pareto: clearly better, no larger completed trials needed to stop a trial.", lo=1
     )
-    warmup_epochs: int = _opt(1, "pareto: epochs never judged at the start of a trial.", lo=0)
+    warmup_epochs: int = _opt(
+        1, "pareto, median: epochs never judged at the start of a trial.", lo=0
+    )
+    startup_trials: int = _opt(5, "median: trials that finish before any trial is judged.", lo=0)
+    reduction_factor: int = _opt(
+        3, "hyperband, successive_halving: 1/reduction_factor of the trials go on at a rung.", lo=2
+    )
 
 
 @dataclass(frozen=True)

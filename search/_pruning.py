@@ -17,7 +17,7 @@ import optuna
 import pytorch_lightning as pl
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["ParetoPruner", "PruneRule", "Reference", "prune_reason", "references"]
+__all__ = ["OptunaPruning", "ParetoPruner", "PruneRule", "Reference", "prune_reason", "references"]
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,44 @@ class ParetoPruner(pl.Callback):
             self.rule,
         )
         if reason is not None:
-            self.trial.set_user_attr("curves", {k: list(v) for k, v in curves.items()})
-            self.trial.set_user_attr("pruned", reason)
-            self.trial.set_user_attr("pruned_epoch", epoch + 1)
-            for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
-                self.trial.set_user_attr(key, float(curves[key][-1]))
+            _keep_last_values(self.trial, curves, reason, epoch)
             raise optuna.TrialPruned(reason)
+
+
+class OptunaPruning(pl.Callback):
+    """Reports each epoch's validation accuracy to Optuna and stops the trial when the study's
+    pruner (median, Hyperband, successive halving) says so. Single-objective studies only:
+    Optuna refuses ``trial.report`` with several objectives.
+
+    Runs at the end of the training epoch, after Lightning's validation loop, so the value
+    reported for epoch ``e`` is that epoch's validation accuracy.
+    """
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
+        curves = module.curves
+        if not curves["val_acc"]:
+            return
+        epoch = len(curves["val_acc"]) - 1
+        self.trial.report(float(curves["val_acc"][-1]), epoch)
+        if epoch + 1 >= trainer.max_epochs or not self.trial.should_prune():
+            return
+        reason = (
+            f"epoch {epoch + 1}: val_acc {curves['val_acc'][-1]:.4f}; "
+            f"Optuna's {type(self.trial.study.pruner).__name__} stopped it"
+        )
+        _keep_last_values(self.trial, curves, reason, epoch)
+        raise optuna.TrialPruned(reason)
+
+
+def _keep_last_values(
+    trial: optuna.Trial, curves: dict[str, list[float]], reason: str, epoch: int
+) -> None:
+    """Stores a pruned trial's curves, reason and last values, so it is recorded as it stood."""
+    trial.set_user_attr("curves", {k: list(v) for k, v in curves.items()})
+    trial.set_user_attr("pruned", reason)
+    trial.set_user_attr("pruned_epoch", epoch + 1)
+    for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
+        trial.set_user_attr(key, float(curves[key][-1]))

@@ -7,7 +7,12 @@ mistake leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import math
+import os
+import re
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -17,15 +22,22 @@ from typing import Any
 
 import optuna
 import pytorch_lightning as pl
+import torch
 from optuna.storages import BaseStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from models import ArchSpec, count_macs, count_params
-from objectives import ImageData, TrialResult, fit, load_dataset
+from objectives import ImageData, TrainConfig, TrialResult, fit, load_dataset
 
-from ._config import ConfigError, MlflowConfig, StudyConfig, load_mlflow_config
-from ._pruning import ParetoPruner, PruneRule
+from ._config import (
+    SINGLE_OBJECTIVE_PRUNERS,
+    ConfigError,
+    MlflowConfig,
+    StudyConfig,
+    load_mlflow_config,
+)
+from ._pruning import OptunaPruning, ParetoPruner, PruneRule
 from ._space import suggest_augment, suggest_spec
 from ._tracking import Tracker
 
@@ -34,6 +46,9 @@ __all__ = [
     "StudyFailing",
     "StudyMismatch",
     "StudyRun",
+    "check_storage",
+    "front_point",
+    "make_pruner",
     "make_sampler",
     "objective_names",
     "open_storage",
@@ -44,19 +59,54 @@ __all__ = [
     "state_counts",
     "storage_location",
     "trial_spec",
+    "worker_id",
 ]
 
 # Datasets whose images change meaning when mirrored.
-NO_FLIP = {"digits": "a mirrored 2 or 7 is no digit"}
+NO_FLIP = {
+    "digits": "a mirrored 2 or 7 is no digit",
+    "mnist": "a mirrored 2 or 7 is no digit",
+    "kmnist": "a mirrored character is another shape",
+    **{
+        f"emnist-{split}": "a mirrored letter or digit is no letter or digit"
+        for split in ("balanced", "byclass", "bymerge", "digits", "letters", "mnist")
+    },
+}
 
 # States that count towards a study's trial total; a RUNNING trial does not.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 
 
-def objective_names(complexity: str) -> tuple[str, str]:
-    """The study's metric names: validation accuracy (maximised), then complexity (minimised)."""
-    return ("val_acc", complexity)
+def objective_names(complexity: str, objective: str = "pareto") -> tuple[str, ...]:
+    """The study's metric names: validation accuracy (maximised), then complexity (minimised)
+    unless the study optimises accuracy alone."""
+    return ("val_acc",) if objective == "accuracy" else ("val_acc", complexity)
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for a single-objective study; the pareto rule is a Lightning callback."""
+    p = cfg.pruning
+    if p.method == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs
+        )
+    if p.method == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=cfg.train.epochs, reduction_factor=p.reduction_factor
+        )
+    if p.method == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=p.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+def front_point(trial: FrozenTrial, complexity: str) -> tuple[float, float]:
+    """(validation accuracy, complexity) of a complete trial, for either kind of study."""
+    if len(trial.values) == 2:
+        return float(trial.values[0]), float(trial.values[1])
+    return float(trial.values[0]), float(trial.user_attrs[complexity])
 
 
 def storage_location(cfg: StudyConfig) -> str:
@@ -66,18 +116,87 @@ def storage_location(cfg: StudyConfig) -> str:
     return str(Path(cfg.study.project_dir) / "optuna.journal")
 
 
-def open_storage(cfg: StudyConfig) -> str | BaseStorage:
-    """The Optuna storage: the configured URL, or a journal file in the project folder.
+def open_storage(
+    cfg: StudyConfig, on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None
+) -> BaseStorage:
+    """The Optuna storage: the configured database URL, or a journal file in the project folder.
 
     The journal file is the local default because it takes concurrent writers (several workers,
     optuna-dashboard reading) with file locks and appends a few bytes per change: 6.5 ms per trial
-    against 124 ms for SQLite, measured here.
+    against 124 ms for SQLite, measured here. A database storage gets Optuna's heartbeat: a
+    running trial that stays silent for ``study.grace_period`` seconds (its worker was killed) is
+    failed by the next worker that starts a trial, and ``on_stale`` is called with it.
     """
     if cfg.study.storage:
-        return cfg.study.storage
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                cfg.study.storage,
+                engine_kwargs=_engine_kwargs(cfg.study.storage),
+                heartbeat_interval=cfg.study.heartbeat_interval,
+                grace_period=cfg.study.grace_period,
+                heartbeat_stale_trial_callback=on_stale,
+            )
     path = Path(storage_location(cfg))
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    # pool_pre_ping: a worker that waited through a database restart reconnects instead of
+    # failing its next trial on a dead connection.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        # An unreachable server should fail in seconds, not after the OS's TCP timeout.
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
+
+
+def check_storage(cfg: StudyConfig) -> None:
+    """Raises ConfigError when the configured database cannot be reached; writes nothing."""
+    url = cfg.study.storage
+    if not url:
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+    except Exception as e:  # a malformed URL or a missing driver
+        raise ConfigError(f"study.storage: cannot use {_safe_url(url)!r}: {e}") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"study.storage: cannot reach the database {_safe_url(url)!r}: {first}"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def worker_id() -> str:
+    """This process as trials record it: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_gone(worker: str) -> bool:
+    """The worker ran on this host and its process no longer exists."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's worker: only a heartbeat could tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by someone else
+    return False
 
 
 # Optuna 5 reads constraints that the objective sets on the trial and deprecates the samplers'
@@ -113,28 +232,35 @@ def trial_spec(trial: FrozenTrial) -> ArchSpec | None:
     return ArchSpec.from_dict(data) if data else None
 
 
-def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible complete trials no other such trial beats on both objectives, smallest first.
+def pareto_front(study: optuna.Study, complexity: str | None = None) -> list[FrozenTrial]:
+    """Feasible complete trials no other such trial beats on accuracy and size, smallest first.
 
     A repeated architecture (a trial that took an earlier trial's result) is left out: its
-    original stands for it.
+    original stands for it. In a single-objective study the size is the recorded complexity
+    (``complexity``, default: the one the study's config names), so its front is drawn too.
     """
+    if complexity is None:
+        config = study.user_attrs.get("config", {})
+        complexity = config.get("study", {}).get("complexity", "params")
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if is_feasible(t) and "duplicate_of" not in t.user_attrs
+        if is_feasible(t)
+        and "duplicate_of" not in t.user_attrs
+        and "infeasible" not in t.user_attrs
     ]
+    points = {t.number: front_point(t, complexity) for t in done}
     front = [
         t
         for t in done
-        if not any(
-            o.values[0] >= t.values[0]
-            and o.values[1] <= t.values[1]
-            and (o.values[0] > t.values[0] or o.values[1] < t.values[1])
-            for o in done
-        )
+        if not any(_dominates(points[o.number], points[t.number]) for o in done if o is not t)
     ]
-    return sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
+    return sorted(front, key=lambda t: (points[t.number][1], -points[t.number][0], t.number))
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """``a`` is at least as accurate and as small as ``b``, and better in one of the two."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
 
 
 @dataclass
@@ -159,15 +285,16 @@ class StudyRun:
         existing parent run's status alone.
         """
         cfg = self.cfg
-        directions = ["maximize", "minimize"]
+        names = list(objective_names(cfg.study.complexity, cfg.study.objective))
+        directions = ["maximize", "minimize"][: len(names)]
         self.study = optuna.create_study(
-            storage=open_storage(cfg),
+            storage=open_storage(cfg, on_stale=self.stale_trial),
             study_name=cfg.study.name,
             sampler=make_sampler(cfg.study.sampler, cfg.study.seed),
+            pruner=make_pruner(cfg),
             directions=directions,
             load_if_exists=True,
         )
-        names = list(objective_names(cfg.study.complexity))
         stored = self.study.metric_names
         if stored is None:
             with warnings.catch_warnings():
@@ -176,7 +303,7 @@ class StudyRun:
         elif list(stored) != names:
             raise StudyMismatch(
                 f"study {cfg.study.name!r} optimises {stored}, but the config asks for {names} "
-                "(study.complexity); use another study.name"
+                "(study.objective, study.complexity); use another study.name"
             )
         if "config" not in self.study.user_attrs:
             # Later commands (pareto, register) rebuild the study's data and settings from this.
@@ -202,17 +329,67 @@ class StudyRun:
             "std": list(data.std),
             "study": self.cfg.study.name,
             "trial": number,
+            # How to read the same data again (file or folder, image size, test split).
+            "data": jsonable(dataclasses.asdict(self.cfg.data)),
         }
         if refit_epochs:
             extra["refit_epochs"] = refit_epochs
         return extra
 
     def finished_count(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=FINISHED))
+        """Trials that count towards the total: finished ones, except failures being retried."""
+        return counted_trials(self.study, FINISHED)
+
+    def stale_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """A trial whose worker died: its MLflow run ends KILLED, and it is queued once more
+        (same parameters, so the same architecture) up to ``study.retries`` times."""
+        reason = trial.user_attrs.get("fail_reason") or (
+            f"worker {trial.user_attrs.get('worker', '?')} stopped sending heartbeats "
+            f"(study.grace_period {self.cfg.study.grace_period}s): killed or lost"
+        )
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and self.tracker is not None:
+            try:
+                self.tracker.fail_trial(run_id, reason, killed=True)
+            except Exception as e:  # the retry matters more than the run's status
+                warnings.warn(f"could not close MLflow run {run_id}: {e}", stacklevel=1)
+        history = [*trial.user_attrs.get("retry_history", []), trial.number]
+        if len(history) > self.cfg.study.retries:
+            return
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs={"retry_of": trial.number, "retry_history": history},
+            )
+        )
+
+    def fail_dead_local_trials(self) -> list[int]:
+        """With the journal file (no heartbeat), fails the RUNNING trials whose worker process on
+        this machine is gone, and hands each to :meth:`stale_trial`; returns their numbers."""
+        if self.cfg.study.storage:
+            return []  # database storages have the heartbeat
+        storage = self.study._storage
+        failed = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = t.user_attrs.get("worker")
+            if not worker or not _process_gone(worker):
+                continue
+            reason = f"worker {worker} died while the trial was running"
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            try:
+                if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another process got there first
+            failed.append(t.number)
+            self.stale_trial(self.study, storage.get_trial(t._trial_id))
+        return failed
 
     def objective(
         self, trial: optuna.Trial, on_epoch: Callable[[int, dict[str, float]], None] | None = None
-    ) -> tuple[float, float]:
+    ) -> tuple[float, float] | float:
         cfg, data = self.cfg, self.data
         spec = suggest_spec(trial, cfg.space, data.input_shape, data.num_classes)
         augment = suggest_augment(trial, cfg.space)
@@ -220,12 +397,14 @@ class StudyRun:
         complexity = float(params if cfg.study.complexity == "params" else macs)
         identity = spec.spec_hash() + ("+aug" if augment else "")
         for key, value in (
+            ("worker", worker_id()),
             ("spec", spec.to_dict()),
             ("spec_hash", spec.spec_hash()),
             ("identity", identity),
             ("augment", augment),
             ("params", params),
             ("macs", macs),
+            ("device", _device_name(cfg.train.to_train_config(cfg.study.seed, augment=augment))),
         ):
             trial.set_user_attr(key, value)
 
@@ -242,7 +421,8 @@ class StudyRun:
         run_id = self.tracker.start_trial(self.parent_run_id, cfg.study.name, trial.number, spec)
         trial.set_user_attr("mlflow_run_id", run_id)
         try:
-            return self._evaluate(trial, spec, augment, violations, complexity, run_id, on_epoch)
+            values = self._evaluate(trial, spec, augment, violations, complexity, run_id, on_epoch)
+            return values[0] if cfg.study.objective == "accuracy" else values
         except optuna.TrialPruned as e:
             self.tracker.finish_pruned(run_id, trial_curves(trial), str(e))
             raise
@@ -253,6 +433,35 @@ class StudyRun:
             trial.set_user_attr("fail_reason", reason)
             self.tracker.fail_trial(run_id, reason, killed=isinstance(e, KeyboardInterrupt))
             raise
+
+    def _fit_within_memory(
+        self,
+        trial: optuna.Trial,
+        spec: ArchSpec,
+        train_cfg: TrainConfig,
+        callbacks: list[pl.Callback],
+    ) -> TrialResult | None:
+        """Trains; on a GPU out-of-memory error retries once at half the batch size
+        (``train.oom_retry``), and otherwise marks the trial infeasible and returns None."""
+        seed = self.cfg.study.seed + trial.number
+        first_batch = train_cfg.batch_size
+        while True:
+            try:
+                return fit(spec, self.data, train_cfg, seed=seed, callbacks=callbacks)
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not _out_of_memory(e):
+                    raise
+            # Out of the except block, the traceback (and the failed step's tensors it holds)
+            # is gone, so the memory can really be released.
+            _release_memory()
+            batch = train_cfg.batch_size
+            if self.cfg.train.oom_retry and batch > 1 and batch == first_batch:
+                train_cfg = dataclasses.replace(train_cfg, batch_size=batch // 2)
+                trial.set_user_attr("oom_batch_size", batch // 2)
+                continue
+            reason = f"out of memory at batch size {batch} on {_device_name(train_cfg)}"
+            trial.set_user_attr("infeasible", reason)
+            return None
 
     def _evaluate(
         self,
@@ -288,13 +497,16 @@ class StudyRun:
                     cfg.pruning.margin, cfg.pruning.min_better, cfg.pruning.warmup_epochs
                 )
                 callbacks.append(ParetoPruner(trial, cfg.study.complexity, complexity, rule))
-            result = fit(
-                spec,
-                self.data,
-                cfg.train.to_train_config(cfg.study.seed, augment=augment),
-                seed=cfg.study.seed + trial.number,
-                callbacks=callbacks,
-            )
+            elif cfg.pruning.method in SINGLE_OBJECTIVE_PRUNERS:
+                callbacks.append(OptunaPruning(trial))
+            train_cfg = cfg.train.to_train_config(cfg.study.seed, augment=augment)
+            result = self._fit_within_memory(trial, spec, train_cfg, callbacks)
+            if result is None:
+                reason = trial.user_attrs["infeasible"]
+                self.tracker.finish_infeasible(
+                    run_id, reason, trial.user_attrs["params"], trial.user_attrs["macs"]
+                )
+                return 0.0, complexity
             _check_finite(result)
         for key, value in result.metrics().items():
             trial.set_user_attr(key, value)
@@ -305,10 +517,25 @@ class StudyRun:
         self.tracker.finish_trial(
             run_id, result, duplicate_of=twin.number if twin is not None else None
         )
+        if cfg.study.complexity == "macs" and spec.adaptive_depth:
+            # An adaptive-depth network costs what its images actually ran, measured on the
+            # validation set; budgets above still used the full count, before training.
+            complexity = float(result.executed_macs)
         return result.val_acc, complexity
 
 
 CONSTRAINTS_ATTR = "constraints"
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _release_memory() -> None:
+    """Frees what a failed trial held on the GPU before the next trial allocates."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def constraints(trial: FrozenTrial) -> list[float]:
@@ -350,6 +577,7 @@ def _result_of(trial: FrozenTrial) -> TrialResult:
         **{n: float(a[n]) for n in names},
         params=int(a["params"]),
         macs=int(a["macs"]),
+        executed_macs=float(a.get("executed_macs", a["macs"])),
         epochs=int(a["epochs"]),
         curves={k: list(v) for k, v in a.get("curves", {}).items()},
     )
@@ -366,6 +594,12 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value
+
+
+def _device_name(train_cfg: TrainConfig) -> str:
+    if train_cfg.accelerator != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return "cpu"
 
 
 def _check_finite(result: TrialResult) -> None:
@@ -389,24 +623,20 @@ def prepare(cfg: StudyConfig, *, data_dir: str | None = None) -> StudyRun:
     if data_dir is not None:
         cfg = cfg.replace("data", data_dir=data_dir)
     mlflow_cfg = load_mlflow_config(cfg.mlflow)
-    if cfg.pruning.method in ("median", "hyperband"):
+    check_storage(cfg)
+    if cfg.pruning.method in SINGLE_OBJECTIVE_PRUNERS and cfg.study.objective != "accuracy":
         raise ConfigError(
             f"pruning.method: Optuna's {cfg.pruning.method} pruner needs a single-objective "
-            "study, and a cnnas study has two objectives (validation accuracy and "
-            f"{cfg.study.complexity}); use 'pareto', which compares trials of no larger size"
+            "study, and study.objective 'pareto' has two (validation accuracy and "
+            f"{cfg.study.complexity}); use pruning.method 'pareto', which compares trials of no "
+            "larger size, or set study.objective: accuracy"
         )
     if cfg.train.augment.flip and True in cfg.space.augment and cfg.data.dataset in NO_FLIP:
         raise ConfigError(
             f"train.augment.flip: {cfg.data.dataset} must not be mirrored "
             f"({NO_FLIP[cfg.data.dataset]}); set it to false"
         )
-    data = load_dataset(
-        cfg.data.dataset,
-        data_dir=cfg.data.data_dir,
-        val_fraction=cfg.data.val_fraction,
-        subset=cfg.data.subset,
-        seed=cfg.study.seed,
-    )
+    data = load_dataset(cfg.data.dataset, **cfg.data.load_kwargs(), seed=cfg.study.seed)
     return StudyRun(cfg=cfg, mlflow_cfg=mlflow_cfg, data=data)
 
 
@@ -431,7 +661,6 @@ def run_study(
     if run.study is None:
         run.open()
     cfg = run.cfg
-    remaining = cfg.study.trials - run.finished_count()
     failures: list[str] = []
     limit = timeout if timeout is not None else cfg.study.timeout
 
@@ -448,27 +677,34 @@ def run_study(
     start = time.perf_counter()
     status = "FINISHED"
 
+    def left() -> float | None:
+        return None if limit is None else max(limit - (time.perf_counter() - start), 0.0)
+
     def optimize(n: int) -> None:
-        left = None if limit is None else max(limit - (time.perf_counter() - start), 0.0)
         run.study.optimize(
             lambda t: run.objective(t, on_epoch),
             n_trials=n,
-            timeout=left,
+            timeout=left(),
             catch=(Exception,),
             callbacks=[after],
         )
 
+    def wanted() -> int:
+        # Running and queued (retried) trials count when other workers share the study: each
+        # of them is someone's to finish.
+        states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING) if shared else FINISHED
+        return cfg.study.trials - counted_trials(run.study, states)
+
     try:
-        if shared:
-            while (
-                len(run.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
-                < cfg.study.trials
-                and len(failures) < cfg.study.max_failures
-                and (limit is None or time.perf_counter() - start < limit)
-            ):
-                optimize(1)
-        elif remaining > 0:
-            optimize(remaining)
+        run.fail_dead_local_trials()
+        # Rounds: a trial failed because its worker died is queued again, and it replaces the
+        # failure in the count, so one round may leave trials to run.
+        while (
+            (n := wanted()) > 0
+            and len(failures) < cfg.study.max_failures
+            and (limit is None or left() > 0)
+        ):
+            optimize(1 if shared else n)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -483,6 +719,16 @@ def run_study(
             f"{cfg.study.max_failures}); last error: {failures[-1]}"
         )
     return run.study
+
+
+def counted_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
+    """Trials in ``states``, leaving out failures that were queued again (the retry counts)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return sum(
+        t.state in states and not (t.state == TrialState.FAIL and t.number in retried)
+        for t in trials
+    )
 
 
 def state_counts(study: optuna.Study) -> dict[str, float]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -33,6 +35,7 @@ from models import (
 from objectives import DatasetError, load_dataset
 
 from ._config import ConfigError, StudyConfig, load_config, load_mlflow_config
+from ._data_cli import add_parsers as add_data_parsers
 from ._plots import pareto_plot
 from ._registry import (
     RegistryError,
@@ -42,10 +45,14 @@ from ._registry import (
     register_front,
     test_accuracy,
 )
+from ._report import dashboard_artifact_store, write_report
+from ._report_cli import add_parsers as add_report_parsers
 from ._study import (
     StudyFailing,
     StudyMismatch,
     StudyRun,
+    check_storage,
+    front_point,
     jsonable,
     open_storage,
     pareto_front,
@@ -55,9 +62,11 @@ from ._study import (
     state_counts,
     storage_location,
     trial_spec,
+    worker_id,
 )
 from ._tracking import tracking_uri
 from ._workers import plan_workers, run_workers
+from .experiments import add_ablation_parser, add_heads_parser, add_layer_skip_parser
 
 __all__ = ["main"]
 
@@ -157,6 +166,7 @@ class _Progress:
     def trial(self, run: StudyRun, trial: FrozenTrial) -> None:
         done = run.finished_count()
         front = pareto_front(run.study)
+        complexity = run.cfg.study.complexity
         best = max(front, key=lambda t: t.values[0]) if front else None
         a = trial.user_attrs
         if trial.state == TrialState.COMPLETE and "infeasible" in a:
@@ -174,7 +184,8 @@ class _Progress:
             reason = trial.user_attrs.get("fail_reason", "")
             what = f"{trial.state.name}" + (f": {reason.splitlines()[-1][:120]}" if reason else "")
         best_text = (
-            f"  | front {len(front)}, best {best.values[0]:.4f} @ {_human(best.values[1])}"
+            f"  | front {len(front)}, best {best.values[0]:.4f} @ "
+            f"{_human(front_point(best, complexity)[1])}"
             if best
             else ""
         )
@@ -240,6 +251,9 @@ def cmd_study_start(args: argparse.Namespace) -> int:
     _print_front(run.study, out)
     if cfg.registry.register and not args.no_register and front_trials(run.study):
         _register(run, cfg.study.complexity, refit=False, out=out)
+    if not args.no_report and run.finished_count():
+        report = write_report(run, complexity=cfg.study.complexity)
+        print(f"\nreport: {report.html}\n        {report.markdown}", file=out)
     _look_further(cfg, args.config, run.tracker.uri, out)
     if failing is not None:
         print(f"\nerror: {failing}", file=sys.stderr)
@@ -250,9 +264,11 @@ def cmd_study_start(args: argparse.Namespace) -> int:
 def _existing_storage(
     cfg: StudyConfig, name: str | None = None
 ) -> str | optuna.storages.BaseStorage:
-    """The study storage, refusing to create a journal file where there is none."""
+    """The study storage, refusing to create a journal file, a SQLite file or Optuna's tables
+    in a database where there are none."""
     location = storage_location(cfg)
     url = cfg.study.storage
+    study = f"no study named {name!r}: " if name else ""
     # Opening a missing journal file or SQLite database would create it.
     path = (
         location
@@ -262,9 +278,22 @@ def _existing_storage(
         else None
     )
     if path is not None and not Path(path).is_file():
-        study = f"no study named {name!r}: " if name else ""
         raise UsageError(f"{study}no study storage at {location}; start a study first")
+    if url and path is None:
+        check_storage(cfg)
+        if not _has_optuna_tables(url):
+            raise UsageError(f"{study}the database {location} holds no Optuna studies yet")
     return open_storage(cfg)
+
+
+def _has_optuna_tables(url: str) -> bool:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
 
 
 def _existing_study(cfg: StudyConfig, name: str) -> optuna.Study:
@@ -274,6 +303,96 @@ def _existing_study(cfg: StudyConfig, name: str) -> optuna.Study:
     if name not in names:
         raise UsageError(f"no study named {name!r} in {location}; studies there: {sorted(names)}")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.device is not None:
+        if not args.device.strip().isdigit():
+            raise UsageError(f"--device takes one GPU index like 0; got {args.device!r}")
+        # Before anything initialises CUDA: this process sees its one GPU as cuda:0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.device.strip()
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    cfg = _load_cfg(args).replace("study", name=args.study)
+    run = prepare(cfg, data_dir=args.data_dir)  # config, storage reachable, dataset
+    _existing_study(run.cfg, args.study)  # a worker joins; it never creates a study
+    me = worker_id()
+    # Each worker samples from its own seed: the same seed would propose the same architectures.
+    seed = (run.cfg.study.seed + zlib.crc32(me.encode())) % (2**31 - 1)
+    run.cfg = run.cfg.replace("study", seed=seed)
+    if args.device is not None:
+        run.cfg = run.cfg.replace("train", accelerator="gpu")
+    run.open(reopen_parent=False)
+    out = sys.stdout
+    print(
+        f"worker {me} joined study {args.study!r} ({run.finished_count()} of "
+        f"{run.cfg.study.trials} trials done); storage {storage_location(run.cfg)}; "
+        f"MLflow {run.tracker.uri} (parent run {run.parent_run_id})",
+        file=out,
+        flush=True,
+    )
+    progress = _Progress(run.cfg.study.trials, out, verbose=args.verbose or out.isatty())
+    try:
+        run_study(run, on_trial=progress.trial, on_epoch=progress.epoch, shared=True)
+    except StudyFailing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: this worker's trial is recorded as failed; the study goes on")
+        return 130
+    print(f"worker {me}: the study has its {run.cfg.study.trials} trials", file=out)
+    return 0
+
+
+def cmd_tracking_server(args: argparse.Namespace) -> int:
+    """``mlflow server`` with cnnas's defaults: loopback only, artifacts served by the server."""
+    cfg = _load_cfg(args)
+    project = Path(cfg.study.project_dir)
+    backend = args.backend_store_uri or f"sqlite:///{project / 'mlflow.db'}"
+    artifacts = args.artifacts_destination or str(project / "mlartifacts")
+    if args.host not in LOCAL_HOSTS:
+        print(
+            f"warning: the MLflow server has no authentication; binding to {args.host} lets "
+            "anyone who can reach this machine read, change and delete runs and models",
+            file=sys.stderr,
+        )
+    command = tracking_server_command(backend, artifacts, args.host, args.port, args.workers)
+    if backend.startswith("sqlite:///"):
+        Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    print(
+        f"MLflow tracking server at http://{args.host}:{args.port} (backend {backend}, "
+        f"artifacts {artifacts}); set tracking_uri: http://<this host>:{args.port} in mlflow.yml",
+        flush=True,
+    )
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
+
+
+def tracking_server_command(
+    backend: str, artifacts: str, host: str, port: int, workers: int = 2
+) -> list[str]:
+    """The ``mlflow server`` command line ``cnnas tracking-server`` runs."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        artifacts,
+        "--serve-artifacts",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
 
 
 def cmd_study_status(args: argparse.Namespace) -> int:
@@ -305,7 +424,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"optuna-dashboard at http://{args.host}:{args.port}{path} (Ctrl-C to stop)", flush=True)
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    # The study report's plots, linked from the study's note, are served from this store.
+    optuna_dashboard.run_server(
+        storage,
+        host=args.host,
+        port=args.port,
+        artifact_store=dashboard_artifact_store(cfg.study.project_dir),
+    )
     return 0
 
 
@@ -414,7 +539,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise UsageError("the model does not say which dataset it was trained on; pass --dataset")
-    data = load_dataset(dataset, data_dir=args.data_dir)
+    kwargs: dict = {"data_dir": args.data_dir}
+    if meta.get("data") and not args.dataset:
+        # The study's data section: the same file or folder, size and test split as in training.
+        kwargs = StudyConfig.from_dict({"data": meta["data"]}).data.load_kwargs()
+        if args.data_dir:
+            kwargs["data_dir"] = args.data_dir
+    data = load_dataset(dataset, **kwargs)
     if data.input_shape != tuple(model.spec.input_shape):
         raise UsageError(
             f"{dataset} images are {data.input_shape}, the model takes "
@@ -514,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not register the front in the model registry at the end (registry.register)",
     )
+    start.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write the study report (cnnas report) at the end",
+    )
     start.set_defaults(func=cmd_study_start)
 
     status = study_sub.add_parser("status", help="a study's trials and Pareto front")
@@ -522,6 +658,37 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
     status.add_argument("--all", action="store_true", help="also list every complete trial")
     status.set_defaults(func=cmd_study_status)
+
+    worker = sub.add_parser(
+        "worker", help="join an existing study from any machine and run its trials"
+    )
+    worker.add_argument("--study", required=True, help="name of the study to join")
+    worker.add_argument("--config", help="the study's config (its storage and MLflow server)")
+    worker.add_argument("--data-dir", help="folder of the dataset files (overrides data.data_dir)")
+    worker.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
+    worker.add_argument("--device", help="the one GPU this worker trains on, e.g. 0")
+    worker.add_argument("--threads", type=int, help="CPU threads for training")
+    worker.add_argument("-v", "--verbose", action="store_true", help="print every epoch")
+    worker.set_defaults(func=cmd_worker)
+
+    server = sub.add_parser(
+        "tracking-server", help="an MLflow tracking server for many workers (mlflow server)"
+    )
+    server.add_argument("--config", help="study config (for project_dir)")
+    server.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
+    server.add_argument(
+        "--backend-store-uri",
+        help="runs database, e.g. postgresql://user@db/mlflow (default: SQLite in project_dir)",
+    )
+    server.add_argument(
+        "--artifacts-destination",
+        help="where the server keeps artifacts: a shared folder or s3://... "
+        "(default: project_dir/mlartifacts)",
+    )
+    server.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    server.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
+    server.set_defaults(func=cmd_tracking_server)
 
     dash = sub.add_parser("dashboard", help="optuna-dashboard on the study storage")
     dash.add_argument("name", nargs="?", help="study to open (default: the list of studies)")
@@ -579,6 +746,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = spec_sub.add_parser("check", help="validate a spec.json; print shapes, params, MACs")
     check.add_argument("file", help="path of a spec.json")
     check.set_defaults(func=cmd_spec_check)
+    experiment = sub.add_parser(
+        "experiment", help="rerun a source document's experiment on your data"
+    )
+    experiment_sub = experiment.add_subparsers(
+        dest="experiment_command", required=True, metavar="EXPERIMENT"
+    )
+    for add in (add_ablation_parser, add_heads_parser, add_layer_skip_parser):
+        add(experiment_sub)
+    add_data_parsers(sub)
+    add_report_parsers(sub)
     return p
 
 

@@ -35,17 +35,27 @@ study:
   timeout: 3600
   sampler: nsga2
   seed: 7
+  objective: accuracy
   complexity: macs
   project_dir: my-runs
   storage: sqlite:///optuna.db
   max_params: 100000
   max_macs: 5000000
   max_failures: 5
+  heartbeat_interval: 30
+  grace_period: 90
+  retries: 2
 data:
   dataset: digits
   data_dir: /srv/data
+  path: /srv/data/digits
+  height: 8
+  width: 8
   val_fraction: 0.2
+  test_fraction: 0.25
   subset: 500
+  cache_dir: /srv/cache
+  max_unreadable: 0.02
 train:
   epochs: 4
   batch_size: 64
@@ -56,6 +66,7 @@ train:
   accelerator: cpu
   precision: 32-true
   deterministic: false
+  oom_retry: false
   augment:
     translate: 3
     rotate: 10.5
@@ -81,6 +92,8 @@ space:
   dense_width: {min: 32, max: 256}
   dense_dropout: [0.1, 0.4]
   augment: [false, true]
+  adaptive_depth: [false, true]
+  exit_threshold: {min: 0.7, max: 0.95}
 mlflow: tracking.yml
 """
 
@@ -118,15 +131,28 @@ def test_full_example_loads_every_key(tmp_path):
         timeout=3600.0,
         sampler="nsga2",
         seed=7,
+        objective="accuracy",
         complexity="macs",
         project_dir="my-runs",
         storage="sqlite:///optuna.db",
         max_params=100000,
         max_macs=5000000,
         max_failures=5,
+        heartbeat_interval=30,
+        grace_period=90,
+        retries=2,
     )
     assert cfg.data == DataConfig(
-        dataset="digits", data_dir="/srv/data", val_fraction=0.2, subset=500
+        dataset="digits",
+        data_dir="/srv/data",
+        path="/srv/data/digits",
+        height=8,
+        width=8,
+        val_fraction=0.2,
+        test_fraction=0.25,
+        subset=500,
+        cache_dir="/srv/cache",
+        max_unreadable=0.02,
     )
     assert cfg.train == TrainSection(
         epochs=4,
@@ -138,6 +164,7 @@ def test_full_example_loads_every_key(tmp_path):
         accelerator="cpu",
         precision="32-true",
         deterministic=False,
+        oom_retry=False,
         augment=AugmentSection(translate=3.0, rotate=10.5, flip=True),
     )
     # Every space key is written, so the preset contributes nothing but its name.
@@ -162,6 +189,8 @@ def test_full_example_loads_every_key(tmp_path):
         dense_width=IntRange(32, 256),
         dense_dropout=(0.1, 0.4),
         augment=(False, True),
+        adaptive_depth=(False, True),
+        exit_threshold=FloatRange(0.7, 0.95),
     )
     # A relative mlflow path is taken relative to the config file.
     assert cfg.mlflow == str(tmp_path / "tracking.yml")

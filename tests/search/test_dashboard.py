@@ -114,7 +114,8 @@ def test_dashboard_warns_when_exposed(tmp_path: Path, monkeypatch, capsys) -> No
     monkeypatch.setattr(optuna_dashboard, "run_server", lambda *a, **k: calls.append(k))
     args = ["dashboard", "s", "--project-dir", str(runs), "--host", "0.0.0.0"]
     assert cli.main(args) == 0
-    assert calls == [{"host": "0.0.0.0", "port": 8080}]
+    assert len(calls) == 1 and (calls[0]["host"], calls[0]["port"]) == ("0.0.0.0", 8080)
+    assert calls[0]["artifact_store"] is not None  # the report's plots in the study's note
     assert "no authentication" in capsys.readouterr().err
     assert cli.main(["dashboard", "s", "--project-dir", str(runs)]) == 0
     assert calls[-1]["host"] == "127.0.0.1"

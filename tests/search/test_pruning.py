@@ -113,10 +113,51 @@ def test_a_pruned_multi_objective_study_completes_with_a_valid_front(tmp_path, s
     assert epochs < 20 * 4
 
 
-@pytest.mark.parametrize("method", ["median", "hyperband"])
-def test_single_objective_pruners_are_refused_at_start(tmp_path, method) -> None:
+@pytest.mark.parametrize("method", ["median", "hyperband", "successive_halving"])
+def test_single_objective_pruners_are_refused_for_a_pareto_study(tmp_path, method) -> None:
     cfg = load_config(write_config(tmp_path, "tpe"))
     cfg = cfg.replace("pruning", method=method)
-    with pytest.raises(ConfigError, match=r"pruning\.method: .*single-objective.*pareto"):
+    with pytest.raises(
+        ConfigError, match=r"pruning\.method: .*single-objective.*study\.objective: accuracy"
+    ):
         prepare(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("method", ["median", "hyperband"])
+def test_a_single_objective_study_is_pruned_by_optunas_pruner(tmp_path, method) -> None:
+    cfg = load_config(write_config(tmp_path, "tpe", warmup_epochs=0, startup_trials=3))
+    cfg = cfg.replace("pruning", method=method).replace("study", objective="accuracy")
+    run = prepare(cfg)
+    study = run_study(run)
+    assert len(study.directions) == 1 and study.metric_names == ["val_acc"]
+    assert len(study.trials) == 20
+    assert TrialState.RUNNING not in {t.state for t in study.trials}
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert len(pruned) >= 2, f"only {len(pruned)} pruned"
+    for t in pruned:
+        a = t.user_attrs
+        assert "Pruner stopped it" in a["pruned"]
+        # Lightning reported every epoch's validation accuracy to Optuna, up to the stop.
+        assert len(t.intermediate_values) == a["pruned_epoch"] == len(a["curves"]["val_acc"])
+        assert list(t.intermediate_values.values()) == a["curves"]["val_acc"]
+        assert a["pruned_epoch"] < 4
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert all(len(t.values) == 1 and t.values[0] == t.user_attrs["val_acc"] for t in complete)
+    # the accuracy-versus-size front is still drawn, from the recorded parameter counts
+    front = pareto_front(study)
+    assert front
+    sizes = [t.user_attrs["params"] for t in front]
+    accs = [t.values[0] for t in front]
+    assert sizes == sorted(sizes) and accs == sorted(accs)
+    assert max(accs) == max(t.values[0] for t in complete)
+
+
+def test_a_study_cannot_change_its_number_of_objectives(tmp_path) -> None:
+    from search import StudyMismatch
+
+    cfg = load_config(write_config(tmp_path, "tpe")).replace("study", trials=1)
+    cfg = cfg.replace("pruning", method="none")
+    run_study(prepare(cfg))
+    with pytest.raises(StudyMismatch, match=r"study\.objective"):
+        prepare(cfg.replace("study", objective="accuracy")).open()
