@@ -41,7 +41,11 @@ _PROGRESS_EVERY = 2000
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/cnnas/image-folders`` (``~/.cache/cnnas/image-folders``)."""
+    """``$CNNAS_CACHE_DIR/image-folders``, else ``$XDG_CACHE_HOME/cnnas/image-folders``
+    (``~/.cache/cnnas/image-folders``)."""
+    own = os.environ.get("CNNAS_CACHE_DIR")
+    if own:
+        return Path(own).expanduser() / "image-folders"
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "cnnas" / "image-folders"
 

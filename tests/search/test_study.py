@@ -194,3 +194,22 @@ def test_a_short_fashion_mnist_study_from_the_cli(tmp_path, monkeypatch, capsys)
     study = load(tmp_path, "fmnist")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert max(t.values[0] for t in study.trials) > 0.5, "well above chance (0.1)"
+
+
+def test_a_new_project_store_is_copied_from_the_empty_template(tmp_path) -> None:
+    from search._config import MlflowConfig
+    from search._tracking import Tracker, _template_path
+
+    template = _template_path()
+    template.unlink(missing_ok=True)
+    first = Tracker(MlflowConfig(), tmp_path / "a")  # creates the tables, keeps the template
+    assert template.is_file()
+    assert first.client.get_experiment_by_name("cnnas") is not None
+    stamp = template.stat().st_mtime_ns
+    second = Tracker(MlflowConfig(experiment="other"), tmp_path / "b")  # copied, not migrated
+    assert template.stat().st_mtime_ns == stamp
+    assert second.client.get_experiment_by_name("cnnas") is None, "the template holds no runs"
+    parent = second.parent_run("s", None, {"study": {"name": "s"}})
+    assert second.client.get_run(parent).info.status == "RUNNING"
+    assert (tmp_path / "b" / "mlflow.db").is_file()
+    assert not list((tmp_path / "b").glob(".*.tmp"))
