@@ -784,4 +784,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m search.cli`: run the package's own copy of this module, so the error classes
+    # the other modules import from search.cli are the ones main() catches.
+    from search.cli import main as package_main
+
+    sys.exit(package_main())

@@ -1,0 +1,289 @@
+"""What every experiment shares: training one spec with per-epoch test scores, MLflow runs,
+tables and plots.
+
+An experiment trains a handful of fixed architectures (no sampler), so the pieces here are thin
+wrappers around ``objectives.fit`` and ``search.Tracker``: one parent run per invocation in the
+experiment's own MLflow experiment, one child run per trained model.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+
+import matplotlib.pyplot as plt
+import pytorch_lightning as pl
+import torch
+
+from models import ArchSpec
+from objectives import ImageData, TrainConfig, TrialResult, evaluate, fit
+
+from .._config import MlflowConfig, load_mlflow_config
+from .._tracking import Tracker
+
+__all__ = [
+    "Column",
+    "EpochRecorder",
+    "ExperimentLog",
+    "ModelRun",
+    "plot_curves",
+    "train_model",
+    "write_table",
+]
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One trained model of an experiment: its spec, its fit result and its test scores."""
+
+    name: str
+    spec: ArchSpec
+    result: TrialResult
+    # Loss and accuracy on the test split after the last epoch (the per-epoch values are in
+    # ``result.curves['test_loss']`` / ``['test_acc']``).
+    test_loss: float
+    test_acc: float
+    # Free-form labels the experiment attaches (factor, value, seed, fraction, ...).
+    labels: Mapping[str, Any] = field(default_factory=dict)
+
+
+class EpochRecorder(pl.Callback):
+    """Scores the network on held-out images after every epoch and prints one progress line.
+
+    ``objectives.fit`` records train and validation curves; seed 003's "Summary" figures plot
+    train and *test* loss and accuracy per epoch, so this callback adds the test ones without
+    touching the training loop. It runs after the epoch's validation, so the epoch is complete.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        epochs: int,
+        out: TextIO | None = None,
+    ) -> None:
+        super().__init__()
+        self.name, self.x, self.y, self.mean, self.std = name, x, y, mean, std
+        self.epochs, self.out = epochs, out
+        self.loss: list[float] = []
+        self.acc: list[float] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        net = pl_module.net
+        was_training = net.training
+        loss, acc = evaluate(net, self.x, self.y, self.mean, self.std)
+        net.train(was_training)
+        self.loss.append(loss)
+        self.acc.append(acc)
+        if self.out is not None:
+            c = pl_module.curves
+            print(
+                f"    {self.name:<28} epoch {len(self.acc):>3}/{self.epochs}  "
+                f"train_loss {c['train_loss'][-1]:.4f}  train_acc {c['train_acc'][-1]:.4f}  "
+                f"val_acc {c['val_acc'][-1]:.4f}  test_loss {loss:.4f}  test_acc {acc:.4f}  "
+                f"({c['epoch_seconds'][-1]:.1f}s)",
+                file=self.out,
+                flush=True,
+            )
+
+
+def train_model(
+    name: str,
+    spec: ArchSpec,
+    data: ImageData,
+    cfg: TrainConfig,
+    *,
+    seed: int | None = None,
+    test_limit: int | None = None,
+    labels: Mapping[str, Any] | None = None,
+    out: TextIO | None = sys.stdout,
+) -> ModelRun:
+    """Trains ``spec`` with ``objectives.fit`` and scores it on the test split every epoch.
+
+    ``test_limit`` scores only the first that many test images (a small preset's time goes into
+    training, not into scoring 10,000 images a few dozen times); the report says how many.
+    """
+    x, y = data.test_x, data.test_y
+    if test_limit is not None:
+        x, y = x[:test_limit], y[:test_limit]
+    recorder = EpochRecorder(name, x, y, data.mean, data.std, cfg.epochs, out)
+    result = fit(spec, data, cfg, seed=seed, callbacks=[recorder])
+    curves = {**result.curves, "test_loss": recorder.loss, "test_acc": recorder.acc}
+    result = dataclasses.replace(result, curves=curves)
+    return ModelRun(
+        name=name,
+        spec=spec,
+        result=result,
+        test_loss=recorder.loss[-1],
+        test_acc=recorder.acc[-1],
+        labels=dict(labels or {}),
+    )
+
+
+# --- MLflow ---------------------------------------------------------------------------------------
+
+
+class ExperimentLog:
+    """One parent run per invocation in MLflow experiment ``experiment``, a child run per model.
+
+    The tracking URI comes from mlflow.yml the way ``cnnas study`` finds it (``tracking_uri`` or
+    ``sqlite:///<project_dir>/mlflow.db``); only the experiment name is the experiment's own, so
+    its runs do not mix with a study's.
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        project_dir: Path,
+        *,
+        mlflow_config: str | None = None,
+        tracking_uri: str | None = None,
+    ) -> None:
+        cfg: MlflowConfig = load_mlflow_config(mlflow_config)
+        cfg = dataclasses.replace(cfg, experiment=experiment)
+        if tracking_uri:
+            cfg = dataclasses.replace(cfg, tracking_uri=tracking_uri)
+        project_dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = Tracker(cfg, project_dir)
+        self.experiment = experiment
+        self.uri = self.tracker.uri
+        self.parent_id = ""
+        self.name = ""
+        self._count = 0
+
+    def start(self, name: str, config: Mapping[str, Any]) -> str:
+        self.name = name
+        self.parent_id = self.tracker.parent_run(name, None, config)
+        return self.parent_id
+
+    def log_model(self, run: ModelRun, metrics: Mapping[str, float]) -> str:
+        """A finished child run: spec, per-epoch curves, final metrics, labels as tags."""
+        tags = {f"cnnas.{k}": str(v) for k, v in run.labels.items()}
+        run_id = self.tracker.start_trial(
+            self.parent_id,
+            self.name,
+            self._count,
+            run.spec,
+            run_name=run.name,
+            extra_tags={"cnnas.experiment": self.experiment, **tags},
+        )
+        self._count += 1
+        self.tracker.log_metrics(run_id, metrics)
+        self.tracker.finish_trial(run_id, run.result)
+        return run_id
+
+    def finish(
+        self, report_dir: Path, summary: Mapping[str, float], status: str = "FINISHED"
+    ) -> None:
+        """Uploads the report folder under the parent run's ``report/`` and closes it."""
+        if report_dir.is_dir():
+            self.tracker.client.log_artifacts(self.parent_id, str(report_dir), "report")
+        self.tracker.end_parent(self.parent_id, summary, status)
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: header, how to format a value for Markdown."""
+
+    key: str
+    header: str
+    fmt: str = "{}"
+
+    def show(self, value: Any) -> str:
+        if isinstance(value, float) and math.isnan(value):
+            return "n/a"
+        return self.fmt.format(value)
+
+
+def write_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[Column],
+    out_dir: Path,
+    stem: str,
+    *,
+    footer: str = "",
+) -> tuple[Path, Path, str]:
+    """Writes ``stem.csv`` (raw values) and ``stem.md`` (formatted); returns both and the text."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([c.key for c in columns])
+        for row in rows:
+            writer.writerow([row.get(c.key, "") for c in columns])
+    lines = [
+        "| " + " | ".join(c.header for c in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(c.show(row.get(c.key, "")) for c in columns) + " |")
+    md = "\n".join(lines) + "\n"
+    if footer:
+        md += "\n" + footer.strip() + "\n"
+    md_path.write_text(md)
+    return csv_path, md_path, md
+
+
+# --- plots ----------------------------------------------------------------------------------------
+
+
+def plot_curves(
+    runs: Sequence[ModelRun],
+    keys: Sequence[tuple[str, str]],
+    path: Path,
+    *,
+    title: str = "",
+) -> Path:
+    """One panel per ``(curve key, panel title)``, one line per run, epochs on the x axis."""
+    n = len(keys)
+    cols = 2 if n > 1 else 1
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 3.6 * rows), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, (key, panel) in zip(axes.flat, keys, strict=False):
+        for i, run in enumerate(runs):
+            values = run.result.curves.get(key, [])
+            ax.plot(
+                range(1, len(values) + 1),
+                values,
+                marker="o",
+                markersize=3,
+                color=cmap(i % 20),
+                label=run.name,
+            )
+        ax.set_title(panel)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def stamp() -> str:
+    """A run name suffix: local time to the second."""
+    return time.strftime("%Y%m%d-%H%M%S")
