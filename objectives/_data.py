@@ -424,24 +424,14 @@ def _stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tens
 # --------------------------------------------------------------------------------------------
 
 
-def _read_fashion_pair(
-    directory: Path, images_stem: str, labels_stem: str
-) -> tuple[np.ndarray, np.ndarray]:
-    images_path = _fashion_file(directory, images_stem)
-    labels_path = _fashion_file(directory, labels_stem)
-    # find_fashion_mnist checked both exist, but they may vanish in between.
-    if images_path is None or labels_path is None:
-        raise DatasetError(f"{directory}: {images_stem} or {labels_stem} disappeared")
+def read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An IDX images file (N, H, W) and its labels file (N,), both unsigned bytes, checked to
+    agree; a DatasetError names the file and the fault otherwise."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DatasetError(
-            f"{images_path}: expected a 3-D unsigned-byte IDX file of images (N, 28, 28), got "
+            f"{images_path}: expected a 3-D unsigned-byte IDX file of images (N, H, W), got "
             f"{images.ndim}-D {images.dtype} with shape {images.shape}"
-        )
-    if images.shape[1:] != (28, 28):
-        raise DatasetError(
-            f"{images_path}: Fashion-MNIST images are 28x28, got "
-            f"{images.shape[1]}x{images.shape[2]}"
         )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise DatasetError(
@@ -450,9 +440,25 @@ def _read_fashion_pair(
         )
     if len(images) != len(labels):
         raise DatasetError(
-            f"Fashion-MNIST files disagree: {images_path} holds {len(images)} images but "
-            f"{labels_path} holds {len(labels)} labels; one of them is corrupt or from a "
-            "different dataset"
+            f"the files disagree: {images_path} holds {len(images)} images but {labels_path} "
+            f"holds {len(labels)} labels; one of them is corrupt or from a different dataset"
+        )
+    return images, labels
+
+
+def _read_fashion_pair(
+    directory: Path, images_stem: str, labels_stem: str
+) -> tuple[np.ndarray, np.ndarray]:
+    images_path = _fashion_file(directory, images_stem)
+    labels_path = _fashion_file(directory, labels_stem)
+    # find_fashion_mnist checked both exist, but they may vanish in between.
+    if images_path is None or labels_path is None:
+        raise DatasetError(f"{directory}: {images_stem} or {labels_stem} disappeared")
+    images, labels = read_idx_pair(images_path, labels_path)
+    if images.shape[1:] != (28, 28):
+        raise DatasetError(
+            f"{images_path}: Fashion-MNIST images are 28x28, got "
+            f"{images.shape[1]}x{images.shape[2]}"
         )
     if len(labels) and int(labels.max()) >= len(_FASHION_MNIST_CLASSES):
         bad = sorted({int(v) for v in np.unique(labels) if v >= len(_FASHION_MNIST_CLASSES)})

@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._data import EMNIST_SPLITS, DatasetError, _fashion_file, default_data_dir, read_idx
+from ._data import (
+    EMNIST_SPLITS,
+    DatasetError,
+    _fashion_file,
+    default_data_dir,
+    read_idx_pair,
+)
 
 __all__ = ["load_npz", "load_public"]
 
@@ -96,26 +102,6 @@ def _not_found(name: str, origin: str, looked: list[Path], expected: list[str]) 
 # --------------------------------------------------------------------------------------------
 
 
-def _idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise DatasetError(
-            f"{images_path}: expected a 3-D unsigned-byte IDX file of images (N, H, W), got "
-            f"{images.ndim}-D {images.dtype} with shape {images.shape}"
-        )
-    if labels.ndim != 1 or labels.dtype != np.uint8:
-        raise DatasetError(
-            f"{labels_path}: expected a 1-D unsigned-byte IDX file of labels, got "
-            f"{labels.ndim}-D {labels.dtype} with shape {labels.shape}"
-        )
-    if len(images) != len(labels):
-        raise DatasetError(
-            f"the files disagree: {images_path} holds {len(images)} images but {labels_path} "
-            f"holds {len(labels)} labels; one of them is corrupt or from a different dataset"
-        )
-    return images, labels
-
-
 def _find_files(
     name: str, stems: tuple[str, ...], path: str | os.PathLike | None, data_dir: Any
 ) -> list[Path]:
@@ -170,8 +156,8 @@ def _load_idx(name: str, path: Any, data_dir: Any) -> Raw:
     else:
         split, stems = "", _IDX_STEMS
     files = _find_files(name, stems, path, data_dir)
-    train_x, train_y = _idx_pair(files[0], files[1])
-    test_x, test_y = _idx_pair(files[2], files[3])
+    train_x, train_y = read_idx_pair(files[0], files[1])
+    test_x, test_y = read_idx_pair(files[2], files[3])
     if name.startswith("emnist-"):
         assert split in EMNIST_SPLITS
         # EMNIST stores each image transposed (column-major); flip it back upright.
