@@ -15,6 +15,7 @@ import re
 import socket
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,8 @@ class StudyRun:
     study: optuna.Study | None = None
     tracker: Tracker | None = None
     parent_run_id: str | None = None
+    # Held by run_study from counting the trials until the next trial exists.
+    start_lock: StartLock | None = None
 
     @property
     def project_dir(self) -> Path:
@@ -390,6 +393,8 @@ class StudyRun:
     def objective(
         self, trial: optuna.Trial, on_epoch: Callable[[int, dict[str, float]], None] | None = None
     ) -> tuple[float, float] | float:
+        if self.start_lock is not None:
+            self.start_lock.release()  # this trial exists now: the next may be counted
         cfg, data = self.cfg, self.data
         spec = suggest_spec(trial, cfg.space, data.input_shape, data.num_classes)
         augment = suggest_augment(trial, cfg.space)
@@ -640,6 +645,86 @@ def prepare(cfg: StudyConfig, *, data_dir: str | None = None) -> StudyRun:
     return StudyRun(cfg=cfg, mlflow_cfg=mlflow_cfg, data=data)
 
 
+class StartLock:
+    """Serialises "count the trials, then create the next one" among all workers of a study.
+
+    A PostgreSQL session advisory lock for a database storage (released by the server if the
+    worker dies), an exclusive ``flock`` on a file beside a local storage (released by the
+    kernel if the worker dies). Re-entrant release: releasing an unheld lock does nothing.
+    """
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        self.cfg = cfg
+        self._held = False
+        self._conn: Any = None
+        self._engine: Any = None
+        self._file: Any = None
+        url = cfg.study.storage
+        self._pg = bool(url) and url.startswith("postgresql")
+        # Advisory locks take a 64-bit key: the study's name, hashed.
+        self._key = zlib.crc32(f"cnnas:{cfg.study.name}".encode())
+
+    def _lock_path(self) -> Path:
+        url = self.cfg.study.storage
+        if url and url.startswith("sqlite:///"):
+            return Path(url.removeprefix("sqlite:///") + f".{self.cfg.study.name}.lock")
+        if url:
+            # Another database without advisory locks: a lock file serves one machine only.
+            return Path(self.cfg.study.project_dir) / f".{self.cfg.study.name}.lock"
+        return Path(storage_location(self.cfg) + f".{self.cfg.study.name}.lock")
+
+    def acquire(self) -> None:
+        if self._held:
+            return
+        if self._pg:
+            import sqlalchemy
+
+            if self._engine is None:
+                self._engine = sqlalchemy.create_engine(
+                    self.cfg.study.storage,
+                    poolclass=sqlalchemy.pool.NullPool,
+                    **_engine_kwargs(self.cfg.study.storage),
+                )
+                self._conn = self._engine.connect()
+            self._conn.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({self._key})"))
+            self._conn.commit()
+        else:
+            import fcntl
+
+            if self._file is None:
+                path = self._lock_path()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(path, "a+")  # noqa: SIM115 -- held across calls
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if self._pg:
+            import sqlalchemy
+
+            self._conn.execute(sqlalchemy.text(f"SELECT pg_advisory_unlock({self._key})"))
+            self._conn.commit()
+        else:
+            import fcntl
+
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        try:
+            self.release()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._engine.dispose()
+                self._conn = self._engine = None
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
 class StudyFailing(RuntimeError):
     """Too many trials in a row failed; going on would burn the budget."""
 
@@ -654,9 +739,10 @@ def run_study(
 ) -> optuna.Study:
     """Runs trials until the study has ``cfg.study.trials`` finished ones (or ``timeout``).
 
-    ``shared``: other workers run trials of the same study at the same time. Trials are then
-    started one at a time while finished plus running trials fall short of the total, and the
-    parent run is left to the process that started the workers.
+    Trials are started one at a time, under the study's :class:`StartLock`, while finished,
+    running and queued trials fall short of the total, so workers on other machines or
+    processes never overshoot it; queued retries are always run. ``shared``: this is one of
+    several workers, so the parent run is left to the process that started the study.
     """
     if run.study is None:
         run.open()
@@ -680,35 +766,42 @@ def run_study(
     def left() -> float | None:
         return None if limit is None else max(limit - (time.perf_counter() - start), 0.0)
 
-    def optimize(n: int) -> None:
-        run.study.optimize(
-            lambda t: run.objective(t, on_epoch),
-            n_trials=n,
-            timeout=left(),
-            catch=(Exception,),
-            callbacks=[after],
-        )
-
     def wanted() -> int:
-        # Running and queued (retried) trials count when other workers share the study: each
-        # of them is someone's to finish.
-        states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING) if shared else FINISHED
+        # Running and queued (retried) trials count: each is some worker's to finish.
+        states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
         return cfg.study.trials - counted_trials(run.study, states)
 
+    def queued() -> bool:
+        return bool(run.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    lock = StartLock(run.cfg)
     try:
         run.fail_dead_local_trials()
-        # Rounds: a trial failed because its worker died is queued again, and it replaces the
-        # failure in the count, so one round may leave trials to run.
-        while (
-            (n := wanted()) > 0
-            and len(failures) < cfg.study.max_failures
-            and (limit is None or left() > 0)
-        ):
-            optimize(1 if shared else n)
+        # One trial at a time, each started under the study's start lock: counting the trials
+        # and creating the next one must be one step, or two workers that both see one trial
+        # missing would both start one. The objective releases the lock once its trial exists.
+        while len(failures) < cfg.study.max_failures and (limit is None or left() > 0):
+            lock.acquire()
+            if wanted() <= 0 and not queued():
+                lock.release()
+                break
+            run.start_lock = lock
+            try:
+                run.study.optimize(
+                    lambda t: run.objective(t, on_epoch),
+                    n_trials=1,
+                    timeout=left(),
+                    catch=(Exception,),
+                    callbacks=[after],
+                )
+            finally:
+                run.start_lock = None
+                lock.release()
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
+        lock.close()
         if not shared:
             counts = state_counts(run.study)
             counts["wall_seconds"] = time.perf_counter() - start
