@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ._cli_args import add_study_ref
 from ._report import DASHBOARD_ARTIFACTS, REPORT_ARTIFACT_DIR, write_report
 
 __all__ = ["add_parsers", "cmd_report"]
@@ -44,16 +45,7 @@ def add_parsers(sub: Any) -> None:
         "report",
         help="the study report: one HTML page and a Markdown summary, logged to the parent run",
     )
-    # The same study reference as cnnas pareto / register.
-    p.add_argument("name", help="study name")
-    p.add_argument("--config", help="the study's config (default: the one it was started with)")
-    p.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
-    p.add_argument("--data-dir", help="folder of the dataset files")
-    p.add_argument(
-        "--complexity",
-        choices=("params", "macs"),
-        help="complexity axis of the front (default: the study's study.complexity)",
-    )
+    add_study_ref(p)  # the same study reference as cnnas pareto / register
     p.add_argument(
         "--out",
         help="folder for report.html, report.md and the PNGs (default: PROJECT/reports/NAME)",

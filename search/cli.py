@@ -34,6 +34,7 @@ from models import (
 )
 from objectives import DatasetError, load_dataset
 
+from ._cli_args import add_study_ref
 from ._config import ConfigError, StudyConfig, load_config, load_mlflow_config
 from ._data_cli import add_parsers as add_data_parsers
 from ._plots import pareto_plot
@@ -698,25 +699,14 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     dash.set_defaults(func=cmd_dashboard)
 
-    def study_ref(p: argparse.ArgumentParser) -> None:
-        p.add_argument("name", help="study name")
-        p.add_argument("--config", help="the study's config (default: the one it was started with)")
-        p.add_argument("--project-dir", help="folder of the local stores (study.project_dir)")
-        p.add_argument("--data-dir", help="folder of the dataset files")
-        p.add_argument(
-            "--complexity",
-            choices=("params", "macs"),
-            help="complexity axis of the front (default: the study's study.complexity)",
-        )
-
     pareto = sub.add_parser("pareto", help="the Pareto front: table, test accuracy, plots")
-    study_ref(pareto)
+    add_study_ref(pareto)
     pareto.add_argument("--out", help="folder for pareto.png / pareto.html")
     pareto.add_argument("--no-test", action="store_true", help="skip the held-out test evaluation")
     pareto.set_defaults(func=cmd_pareto)
 
     register = sub.add_parser("register", help="register the front in the MLflow model registry")
-    study_ref(register)
+    add_study_ref(register)
     register.add_argument(
         "--refit", action="store_true", help="retrain each new member on train + validation first"
     )
