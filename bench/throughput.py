@@ -5,8 +5,9 @@ device, normalised per batch), same optimiser and schedule, same number of steps
 after every epoch in both. The two are run alternately, several times, and the median of each is
 compared, so a background load on a shared machine hits both alike. The last line is the ratio.
 
-    python bench/throughput.py            # CPU, 12,800 training images, 2 epochs, 3 rounds
+    python bench/throughput.py            # CPU, 12,800 training images, 2 epochs, 5 rounds
     python bench/throughput.py --device cuda --train 54000 --batch-size 512 --epochs 3
+    python bench/throughput.py --compile --epochs 3   # does torch.compile pay back in a trial?
 """
 
 from __future__ import annotations
@@ -36,10 +37,23 @@ SPEC = ArchSpec(
 )
 
 
-def raw_loop(data, cfg: TrainConfig, device: torch.device, seed: int) -> float:
-    """The reference: the shortest correct training loop. Returns seconds."""
+def raw_loop(
+    data,
+    cfg: TrainConfig,
+    device: torch.device,
+    seed: int,
+    compiled: bool = False,
+    epoch_seconds: list[float] | None = None,
+) -> float:
+    """The reference: the shortest correct training loop. Returns seconds.
+
+    ``compiled`` wraps the network in ``torch.compile``; ``epoch_seconds`` collects each epoch's
+    time (the first compiled epoch includes compiling the train and eval graphs).
+    """
     torch.manual_seed(seed)
     model = build(SPEC).to(device)
+    if compiled:
+        model = torch.compile(model)
     c = SPEC.input_shape[0]
     mean = torch.tensor(data.mean, device=device).view(1, c, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, c, 1, 1)
@@ -53,6 +67,7 @@ def raw_loop(data, cfg: TrainConfig, device: torch.device, seed: int) -> float:
     _sync(device)
     start = time.perf_counter()
     for _ in range(cfg.epochs):
+        epoch_start = time.perf_counter()
         model.train()
         for xb, yb in Batches(tx, ty, cfg.batch_size, shuffle=True, seed=seed, drop_last=True):
             with torch.autocast(device.type, torch.bfloat16, enabled=amp):
@@ -66,8 +81,36 @@ def raw_loop(data, cfg: TrainConfig, device: torch.device, seed: int) -> float:
             for xb, yb in Batches(vx, vy, max(cfg.batch_size, 1024)):
                 correct += (model((xb.float() - mean) / std).argmax(1) == yb).sum()
         sched.step(float(correct) / len(vy))
+        if epoch_seconds is not None:
+            epoch_seconds.append(time.perf_counter() - epoch_start)
     _sync(device)
     return time.perf_counter() - start
+
+
+def compile_payback(data, cfg: TrainConfig, device: torch.device, rounds: int) -> None:
+    """Whether torch.compile pays back its compile time within one trial of ``cfg.epochs``.
+
+    Eager and compiled raw loops alternate; each compiled run starts from a fresh
+    ``torch.compile`` (a new trial builds a new network), after ``torch._dynamo.reset()``.
+    """
+    eager_epochs, first, later = [], [], []
+    for r in range(rounds):
+        raw_loop(data, cfg, device, r, epoch_seconds=eager_epochs)
+        torch._dynamo.reset()
+        times: list[float] = []
+        raw_loop(data, cfg, device, r, compiled=True, epoch_seconds=times)
+        first.append(times[0])
+        later.extend(times[1:])
+    eager = statistics.median(eager_epochs)
+    steady = statistics.median(later) if later else float("nan")
+    cost = statistics.median(first) - steady
+    saving = eager - steady
+    payback = f"{cost / saving:.1f} epochs" if saving > 0 else "never (no per-epoch saving)"
+    print(
+        f"torch.compile (raw loop): {steady:.2f}s/epoch against {eager:.2f}s eager; the first "
+        f"epoch pays {cost:.1f}s of compiling; pays back after {payback} "
+        f"(a trial here has {cfg.epochs})"
+    )
 
 
 def product(data, cfg: TrainConfig, seed: int) -> float:
@@ -85,7 +128,12 @@ def main() -> None:
     p.add_argument("--train", type=int, default=12800, help="training images (stratified subset)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=3, help="alternating runs of each")
+    p.add_argument("--rounds", type=int, default=5, help="alternating runs of each")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile on the raw loop: its compile cost and per-epoch saving",
+    )
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -115,6 +163,8 @@ def main() -> None:
         ours_s.append(product(data, cfg, r))
         print(f"round {r + 1}: raw loop {raw_s[-1]:.2f}s   cnnas trainer {ours_s[-1]:.2f}s")
     raw, ours = statistics.median(raw_s), statistics.median(ours_s)
+    if args.compile:
+        compile_payback(data, cfg, device, args.rounds)
     print(f"raw loop:      {images / raw:10.0f} train images/s  ({raw / args.epochs:.2f}s/epoch)")
     print(f"cnnas trainer: {images / ours:10.0f} train images/s  ({ours / args.epochs:.2f}s/epoch)")
     print(f"throughput ratio cnnas/raw: {raw / ours:.3f}")
