@@ -91,8 +91,16 @@ def compile_payback(data, cfg: TrainConfig, device: torch.device, rounds: int) -
     """Whether torch.compile pays back its compile time within one trial of ``cfg.epochs``.
 
     Eager and compiled raw loops alternate; each compiled run starts from a fresh
-    ``torch.compile`` (a new trial builds a new network), after ``torch._dynamo.reset()``.
+    ``torch.compile`` (a new trial builds a new network), after ``torch._dynamo.reset()`` and with
+    Inductor's and AOTAutograd's on-disk caches off: in a study every trial is another
+    architecture, so a cache filled by the same network's earlier rounds would flatter compiling.
     """
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = False
+    inductor_config.fx_graph_remote_cache = False
+    functorch_config.enable_autograd_cache = False
     eager_epochs, first, later = [], [], []
     for r in range(rounds):
         raw_loop(data, cfg, device, r, epoch_seconds=eager_epochs)

@@ -431,14 +431,15 @@ class PruningSection:
         "(study.objective 'accuracy' only).",
         choices=PRUNING_METHODS,
     )
+    # The defaults are the measured setting of bench/pruning.py (README: Early stopping).
     margin: float = _opt(
-        0.02, "pareto: accuracy lead (fraction) that counts as clearly better.", lo=0.0, hi=1.0
+        0.01, "pareto: accuracy lead (fraction) that counts as clearly better.", lo=0.0, hi=1.0
     )
     min_better: int = _opt(
-        3, "pareto: clearly better, no larger completed trials needed to stop a trial.", lo=1
+        1, "pareto: clearly better, no larger completed trials needed to stop a trial.", lo=1
     )
     warmup_epochs: int = _opt(
-        1, "pareto, median: epochs never judged at the start of a trial.", lo=0
+        0, "pareto, median: epochs never judged at the start of a trial.", lo=0
     )
     startup_trials: int = _opt(5, "median: trials that finish before any trial is judged.", lo=0)
     reduction_factor: int = _opt(

@@ -25,11 +25,12 @@ class PruneRule:
     """When a running trial is stopped."""
 
     # Accuracy points (fraction) by which a comparable trial must lead to count as clearly better.
-    margin: float = 0.02
+    margin: float = 0.01
     # How many clearly better, no larger, completed trials it takes to stop a trial.
-    min_better: int = 3
-    # Epochs (1-based) that are never judged: the first epochs rank networks poorly.
-    warmup_epochs: int = 1
+    min_better: int = 1
+    # Epochs (1-based) that are never judged. None by default: a trial is only compared with
+    # others at the same epoch, and bench/pruning.py measured the defaults to keep the front.
+    warmup_epochs: int = 0
 
 
 @dataclass(frozen=True)
