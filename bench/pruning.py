@@ -35,6 +35,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 import optuna
@@ -149,6 +150,16 @@ def one_seed(args: argparse.Namespace, seed: int, threads: int) -> dict[str, flo
     }
 
 
+def all_seeds(args: argparse.Namespace, seeds: list[int]) -> Iterator[dict[str, float]]:
+    """Each seed's results in seed order, from ``--jobs`` processes sharing the CPU threads."""
+    if args.jobs == 1:
+        yield from (one_seed(args, seed, torch.get_num_threads()) for seed in seeds)
+        return
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        yield from pool.map(one_seed, [args] * len(seeds), seeds, [threads] * len(seeds))
+
+
 def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "alembic"):
@@ -185,14 +196,8 @@ def main() -> None:
         flush=True,
     )
     totals = {"full": [0, 0.0], "replay": [0, 0.0], "live": [0, 0.0]}
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     seeds = list(range(args.seeds))
-    if args.jobs == 1:
-        results = (one_seed(args, seed, torch.get_num_threads()) for seed in seeds)
-    else:
-        pool = ProcessPoolExecutor(args.jobs)
-        results = pool.map(one_seed, [args] * len(seeds), seeds, [threads] * len(seeds))
-    for seed, r in zip(seeds, results, strict=True):
+    for seed, r in zip(seeds, all_seeds(args, seeds), strict=True):
         print(
             f"{seed:>4}  {r['e_full']:>11}  {r['hv_full']:>8.4f}  {r['e_replay']:>13}  "
             f"{r['hv_replay']:>9.4f}  {r['e_live']:>11}  {r['hv_live']:>8.4f}  "
