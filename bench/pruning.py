@@ -23,8 +23,9 @@ The last line gives the epochs ratio and the hypervolume ratio of both; the targ
     python bench/pruning.py --dataset fashion-mnist --subset 6000 --trials 30 --epochs 6
     python bench/pruning.py --seeds 6 --jobs 2   # seeds in 2 processes, 1 CPU thread each
 
-Training is deterministic under a seed, so ``--jobs`` changes the wall times only, not the
-epochs or the hypervolumes.
+Training is deterministic under a seed and a number of CPU threads: the same command gives the
+same epochs and hypervolumes. The thread count changes floating-point sums, so a run with
+``--jobs 2`` (one thread a process on 2 cores) repeats itself but not a serial run on 2 threads.
 """
 
 from __future__ import annotations
