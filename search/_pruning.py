@@ -22,15 +22,15 @@ __all__ = ["OptunaPruning", "ParetoPruner", "PruneRule", "Reference", "prune_rea
 
 @dataclass(frozen=True)
 class PruneRule:
-    """When a running trial is stopped."""
+    """When a running trial is stopped. The defaults live in one place, the config's
+    ``pruning`` section (search/_config.py), where bench/pruning.py's measured setting is."""
 
     # Accuracy points (fraction) by which a comparable trial must lead to count as clearly better.
-    margin: float = 0.01
+    margin: float
     # How many clearly better, no larger, completed trials it takes to stop a trial.
-    min_better: int = 1
-    # Epochs (1-based) that are never judged. None by default: a trial is only compared with
-    # others at the same epoch, and bench/pruning.py measured the defaults to keep the front.
-    warmup_epochs: int = 0
+    min_better: int
+    # Epochs (1-based) that are never judged; a trial is only ever compared at the same epoch.
+    warmup_epochs: int
 
 
 @dataclass(frozen=True)
