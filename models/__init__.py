@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._build import CNN, MultiScale, build
+from ._errors import CnnasError, SpecError
 from ._io import (
     META_FILE,
     SPEC_FILE,
@@ -41,7 +42,6 @@ from ._spec import (
     ArchSpec,
     ConvBlock,
     DenseLayer,
-    SpecError,
 )
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "SPEC_FILE",
     "WEIGHTS_FILE",
     "ArchSpec",
+    "CnnasError",
     "ConvBlock",
     "DenseLayer",
     "Layer",

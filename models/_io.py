@@ -20,8 +20,9 @@ import safetensors.torch
 import torch
 
 from ._build import CNN, build
+from ._errors import CnnasError, SpecError
 from ._shapes import count_macs, count_params
-from ._spec import ArchSpec, SpecError
+from ._spec import ArchSpec
 
 __all__ = [
     "META_FILE",
@@ -46,7 +47,7 @@ _RESERVED = ("sha256", "spec_hash", "params", "macs")
 _HEADER_SPEC_HASH = "cnnas_spec_hash"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(CnnasError, ValueError):
     """A saved model is missing, corrupt or tampered with; the message names the file and what is
     wrong."""
 

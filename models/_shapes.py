@@ -17,10 +17,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._spec import SpecError
+from ._errors import SpecError
 
 if TYPE_CHECKING:
-    from ._spec import ArchSpec
+    from ._spec import ArchSpec, ConvBlock
 
 __all__ = [
     "Layer",
@@ -78,59 +78,66 @@ def multiscale_sections(shape: Shape) -> tuple[int, ...]:
     return tuple(k for k in (1, 2, 4) if h >= k and w >= k)
 
 
-def layers(spec: ArchSpec) -> Iterator[Layer]:
-    """Walks the spec in forward order, raising :class:`SpecError` where a feature map collapses."""
-    shape: Shape = spec.input_shape
-    for bi, block in enumerate(spec.blocks):
-        prefix = f"features.{bi}"
-        for ci, kernel in enumerate(block.conv_kernels):
-            c_in, h, w = shape
-            pad = kernel // 2 if block.padding == "same" else 0
-            new = (block.filters, out_size(h, kernel, 1, pad), out_size(w, kernel, 1, pad))
-            _check(f"blocks[{bi}].conv{ci}", shape, new, f"{kernel}x{kernel} {block.padding}")
-            bias = 0 if block.batch_norm else block.filters
-            k2 = kernel * kernel
-            macs = new[0] * new[1] * new[2] * c_in * k2
-            yield Layer(
-                f"{prefix}.conv{ci}", "conv", shape, new, block.filters * c_in * k2 + bias, macs
-            )
-            shape = new
-            if block.batch_norm:
-                yield Layer(f"{prefix}.bn{ci}", "bn", shape, shape, 2 * block.filters, 0)
-            yield Layer(f"{prefix}.act{ci}", "act", shape, shape, 0, 0)
-        if block.pool == "conv":
-            c, h, w = shape
-            new = (c, out_size(h, 3, 2, 1), out_size(w, 3, 2, 1))
-            bias = 0 if block.batch_norm else c
-            macs = c * new[1] * new[2] * c * 9
-            yield Layer(f"{prefix}.pool", "conv", shape, new, c * c * 9 + bias, macs)
-            shape = new
-            if block.batch_norm:
-                yield Layer(f"{prefix}.pool_bn", "bn", shape, shape, 2 * c, 0)
-            yield Layer(f"{prefix}.pool_act", "act", shape, shape, 0, 0)
-        elif block.pool != "none":
-            c, h, w = shape
-            new = (c, out_size(h, 2, 2, 0), out_size(w, 2, 2, 0))
-            _check(f"blocks[{bi}].pool", shape, new, f"{block.pool} pool 2x2 stride 2")
-            yield Layer(f"{prefix}.pool", "pool", shape, new, 0, 0)
-            shape = new
-        if block.dropout:
-            yield Layer(f"{prefix}.drop", "dropout", shape, shape, 0, 0)
+def _conv_layers(prefix: str, bi: int, block: ConvBlock, shape: Shape) -> Iterator[Layer]:
+    """The block's convolutions, each with its BatchNorm and activation."""
+    for ci, kernel in enumerate(block.conv_kernels):
+        c_in, h, w = shape
+        pad = kernel // 2 if block.padding == "same" else 0
+        new = (block.filters, out_size(h, kernel, 1, pad), out_size(w, kernel, 1, pad))
+        _check(f"blocks[{bi}].conv{ci}", shape, new, f"{kernel}x{kernel} {block.padding}")
+        bias = 0 if block.batch_norm else block.filters
+        k2 = kernel * kernel
+        macs = new[0] * new[1] * new[2] * c_in * k2
+        yield Layer(
+            f"{prefix}.conv{ci}", "conv", shape, new, block.filters * c_in * k2 + bias, macs
+        )
+        shape = new
+        if block.batch_norm:
+            yield Layer(f"{prefix}.bn{ci}", "bn", shape, shape, 2 * block.filters, 0)
+        yield Layer(f"{prefix}.act{ci}", "act", shape, shape, 0, 0)
 
+
+def _pool_layers(prefix: str, bi: int, block: ConvBlock, shape: Shape) -> Iterator[Layer]:
+    """The block's downsampling: a learnable stride-2 conv, a 2x2 pool, or nothing."""
     c, h, w = shape
-    sections: list[int] = []
-    if spec.aggregation == "gap":
-        sections = [c]
-    elif spec.aggregation == "flatten":
-        sections = [c * h * w]
-    else:
-        for k in multiscale_sections(shape):
-            sections.append(c * (h // k) * (w // k))
-            if k > 1:
-                yield Layer(f"aggregate.pool{k}", "pool", shape, (c, h // k, w // k), 0, 0)
-    yield Layer("aggregate", "aggregate", shape, (sum(sections),), 0, 0)
+    if block.pool == "conv":
+        new = (c, out_size(h, 3, 2, 1), out_size(w, 3, 2, 1))
+        bias = 0 if block.batch_norm else c
+        yield Layer(
+            f"{prefix}.pool", "conv", shape, new, c * c * 9 + bias, c * new[1] * new[2] * c * 9
+        )
+        if block.batch_norm:
+            yield Layer(f"{prefix}.pool_bn", "bn", new, new, 2 * c, 0)
+        yield Layer(f"{prefix}.pool_act", "act", new, new, 0, 0)
+    elif block.pool != "none":
+        new = (c, out_size(h, 2, 2, 0), out_size(w, 2, 2, 0))
+        _check(f"blocks[{bi}].pool", shape, new, f"{block.pool} pool 2x2 stride 2")
+        yield Layer(f"{prefix}.pool", "pool", shape, new, 0, 0)
 
-    width = sum(sections)
+
+def _block_layers(bi: int, block: ConvBlock, shape: Shape) -> Iterator[Layer]:
+    prefix = f"features.{bi}"
+    yield from (walk := list(_conv_layers(prefix, bi, block, shape)))
+    shape = walk[-1].out_shape
+    yield from (pool := list(_pool_layers(prefix, bi, block, shape)))
+    if pool:
+        shape = pool[-1].out_shape
+    if block.dropout:
+        yield Layer(f"{prefix}.drop", "dropout", shape, shape, 0, 0)
+
+
+def _sections(spec: ArchSpec, shape: Shape) -> list[int]:
+    """Widths of the aggregated vector's sections (one, or the multi-scale ones)."""
+    c, h, w = shape
+    if spec.aggregation == "gap":
+        return [c]
+    if spec.aggregation == "flatten":
+        return [c * h * w]
+    return [c * (h // k) * (w // k) for k in multiscale_sections(shape)]
+
+
+def _head_layers(spec: ArchSpec, width: int, sections: list[int], c: int) -> Iterator[Layer]:
+    """Dense layers, the classifier, the extra heads and the exit classifiers."""
     for di, dense in enumerate(spec.dense):
         params, macs = width * dense.width + dense.width, width * dense.width
         yield Layer(f"head.{di}.linear", "linear", (width,), (dense.width,), params, macs)
@@ -148,6 +155,22 @@ def layers(spec: ArchSpec) -> Iterator[Layer]:
         # GAP of the block's map, of ``c`` channels like the last map's. GAP has no MACs.
         for k in range(len(spec.blocks) - 1):
             yield Layer(f"exits.{k}", "linear", (c,), (n,), c * n + n, c * n)
+
+
+def layers(spec: ArchSpec) -> Iterator[Layer]:
+    """Walks the spec in forward order, raising :class:`SpecError` where a feature map collapses."""
+    shape: Shape = spec.input_shape
+    for bi, block in enumerate(spec.blocks):
+        for layer in _block_layers(bi, block, shape):
+            yield layer
+            shape = layer.out_shape
+    c, h, w = shape
+    sections = _sections(spec, shape)
+    if spec.aggregation == "multiscale":
+        for k in multiscale_sections(shape)[1:]:
+            yield Layer(f"aggregate.pool{k}", "pool", shape, (c, h // k, w // k), 0, 0)
+    yield Layer("aggregate", "aggregate", shape, (sum(sections),), 0, 0)
+    yield from _head_layers(spec, sum(sections), sections, c)
 
 
 def infer_shapes(spec: ArchSpec) -> tuple[Layer, ...]:

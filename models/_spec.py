@@ -14,6 +14,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._errors import SpecError
+from ._shapes import infer_shapes
+
 __all__ = [
     "ACTIVATIONS",
     "AGGREGATIONS",
@@ -24,7 +27,6 @@ __all__ = [
     "ArchSpec",
     "ConvBlock",
     "DenseLayer",
-    "SpecError",
 ]
 
 # The names a spec may use. The builder maps each to a module; keeping the names here lets the spec
@@ -38,24 +40,6 @@ PREDICTIONS = ("main", "mean")
 
 MAX_KERNEL = 15
 MAX_WIDTH = 65536
-
-
-class SpecError(ValueError):
-    """An architecture spec is invalid. ``path`` names the field (``blocks[2].kernel``)."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        self.message = message
-        # Both arguments in args, so pickle and copy rebuild it (errors cross process boundaries).
-        super().__init__(path, message)
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-    def under(self, prefix: str) -> SpecError:
-        """The same error with ``prefix`` in front of its path, for errors raised by a child."""
-        path = f"{prefix}.{self.path}" if self.path else prefix
-        return type(self)(path, self.message)
 
 
 def _int(value: Any, name: str, lo: int, hi: int) -> int:
@@ -263,8 +247,6 @@ class ArchSpec:
         if self.adaptive_depth:
             self._check_adaptive()
         # Shape inference is the last check: it raises if a feature map collapses.
-        from ._shapes import infer_shapes
-
         infer_shapes(self)
 
     def _check_adaptive(self) -> None:
@@ -333,8 +315,6 @@ class ArchSpec:
         The head options matter only when extra heads exist: a multi-head spec whose last map is
         too small for any pooled section builds the single-head network.
         """
-        from ._shapes import infer_shapes
-
         if any(la.name.startswith("aux_heads.") for la in infer_shapes(self)):
             return ()
         return ("heads", "aux_weight", "predict")

@@ -11,7 +11,7 @@ import itertools
 import random
 from typing import Any
 
-from models import (
+from cnnas.models import (
     ACTIVATIONS,
     AGGREGATIONS,
     HEADS,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import (
+from cnnas.models import (
     ArchSpec,
     ConvBlock,
     DenseLayer,

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import models
-from models import (
+from cnnas import models
+from cnnas.models import (
     CNN,
     ArchSpec,
     ConvBlock,

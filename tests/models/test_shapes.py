@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import (
+from cnnas.models import (
     ArchSpec,
     ConvBlock,
     DenseLayer,

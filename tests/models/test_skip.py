@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import (
+from cnnas.models import (
     ArchSpec,
     ConvBlock,
     SkipCNN,

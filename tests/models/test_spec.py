@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from models import (
+from cnnas.models import (
     ACTIVATIONS,
     AGGREGATIONS,
     HEADS,
@@ -560,7 +560,7 @@ def test_spec_hash_ignores_head_options_without_extra_heads():
             (1, 1, 1), 3, (ConvBlock(2),), aggregation="multiscale", heads="multi", **changes
         )
 
-    from models import build
+    from cnnas.models import build
 
     assert len(build(spec()).aux_heads) == 0
     assert spec(aux_weight=0.5).spec_hash() == spec(aux_weight=2.0).spec_hash()
