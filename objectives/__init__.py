@@ -7,21 +7,30 @@ from __future__ import annotations
 
 from ._augment import Augment, augment
 from ._batches import Batches, on_device
-from ._data import (
-    DATASETS,
-    EMNIST_SPLITS,
-    DatasetError,
-    ImageData,
-    default_data_dir,
-    find_fashion_mnist,
-    load_dataset,
-    read_idx,
-    resize_images,
-    stratified_split,
-)
+from ._data import ImageData, load_dataset, resize_images
+from ._datasets import DATASETS, EMNIST_SPLITS, DatasetEntry, dataset_entry
+from ._errors import DatasetError
 from ._fetch import MIRROR_ENV, REMOTES, Remote, fetch
 from ._folder import image_folder_cache
-from ._train import Classifier, TrainConfig, TrialResult, evaluate, fit, logits_in_batches
+from ._idx import find_fashion_mnist, read_idx
+from ._locate import default_data_dir
+from ._skip_train import (
+    activation_scores,
+    earliest_correct,
+    predict_in_batches,
+    strongest_activation_labels,
+    train_rmsprop,
+)
+from ._split import stratified_split
+from ._train import (
+    Classifier,
+    TrainConfig,
+    TrialResult,
+    confusion_matrix,
+    evaluate,
+    fit,
+    logits_in_batches,
+)
 
 __all__ = [
     "DATASETS",
@@ -31,13 +40,18 @@ __all__ = [
     "Augment",
     "Batches",
     "Classifier",
+    "DatasetEntry",
     "DatasetError",
     "ImageData",
     "Remote",
     "TrainConfig",
     "TrialResult",
+    "activation_scores",
     "augment",
+    "confusion_matrix",
+    "dataset_entry",
     "default_data_dir",
+    "earliest_correct",
     "evaluate",
     "fetch",
     "find_fashion_mnist",
@@ -46,7 +60,10 @@ __all__ = [
     "load_dataset",
     "logits_in_batches",
     "on_device",
+    "predict_in_batches",
     "read_idx",
     "resize_images",
     "stratified_split",
+    "strongest_activation_labels",
+    "train_rmsprop",
 ]

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ._data import FASHION_MNIST_DIRS, DatasetError, default_data_dir, read_idx
+from ._datasets import dataset_entry
+from ._errors import DatasetError
+from ._idx import FASHION_MNIST_DIRS, IDX_STEMS, read_idx
+from ._locate import default_data_dir
 
 __all__ = ["MIRROR_ENV", "REMOTES", "Remote", "fetch", "remote_for"]
 
@@ -40,12 +43,8 @@ class Remote:
     local_dirs: tuple[Path, ...] = ()
 
 
-_IDX_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
+# The official hosts serve the IDX files gzip-compressed.
+_IDX_FILES = tuple(f"{stem}.gz" for stem in IDX_STEMS)
 
 # MD5s as published with each dataset and listed by torchvision's dataset classes.
 REMOTES: dict[str, Remote] = {
@@ -119,8 +118,12 @@ REMOTES: dict[str, Remote] = {
 
 
 def remote_for(name: str) -> Remote:
-    """The download providing dataset ``name`` (``emnist-letters`` -> emnist, ...)."""
-    base = "emnist" if name.startswith("emnist") else name.removesuffix("-coarse")
+    """The download providing dataset ``name`` (``emnist-letters`` -> emnist, ...), or the
+    download of that name itself (``emnist``)."""
+    try:
+        base = dataset_entry(name).fetch
+    except DatasetError:
+        base = name
     if base not in REMOTES:
         raise DatasetError(
             f"unknown dataset {name!r} for data fetch; downloadable: {', '.join(REMOTES)} "
@@ -222,6 +225,53 @@ def _local_copy(remote: Remote) -> Path | None:
     return None
 
 
+def _keep_present(target: Path, md5: str, local: Path | None, out: TextIO) -> None:
+    """Keep ``target`` if its MD5 is right (or matches the system copy), else delete it."""
+    got = _md5(target)
+    if got == md5:
+        print(f"  {target}: present, MD5 ok", file=out)
+    elif local is not None and got == _md5(local / target.name):
+        # The system package recompresses its files, so their MD5 is its own.
+        print(f"  {target}: present, same as {local / target.name}", file=out)
+    else:
+        print(f"  {target}: MD5 differs, downloading it again", file=out)
+        target.unlink()
+
+
+def _fetch_file(
+    remote: Remote,
+    folder: Path,
+    file_name: str,
+    md5: str,
+    *,
+    local: Path | None,
+    mirror: str | None,
+    out: TextIO,
+) -> None:
+    """One file of ``remote`` into ``folder``: kept if present and right, else copied from the
+    system copy ``local``, else downloaded (and unpacked, for a zip)."""
+    target = folder / file_name
+    if remote.unzip and (folder / f".{file_name}.done").is_file():
+        print(f"  {file_name}: unpacked before, kept", file=out)
+        return
+    if target.is_file():
+        _keep_present(target, md5, local, out)
+    if not target.is_file() and local is not None:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{file_name}.", suffix=".part")
+        os.close(fd)
+        shutil.copyfile(local / file_name, tmp)  # a valid IDX file (_local_copy)
+        os.replace(tmp, target)
+        print(f"  {target}: copied from {local}", file=out)
+        return
+    if not target.is_file():
+        base = f"{mirror.rstrip('/')}/{remote.name}/" if mirror else remote.base_url
+        _download(base + file_name, target, md5, out)
+    if remote.unzip:
+        _unzip(target, folder, out)
+        (folder / f".{file_name}.done").write_text(md5 + "\n")
+        target.unlink()
+
+
 def fetch(
     name: str,
     directory: str | os.PathLike | None = None,
@@ -257,34 +307,7 @@ def fetch(
     folder.mkdir(parents=True, exist_ok=True)
     try:
         for file_name, md5 in remote.files:
-            target = folder / file_name
-            if remote.unzip and (folder / f".{file_name}.done").is_file():
-                print(f"  {file_name}: unpacked before, kept", file=out)
-                continue
-            if target.is_file():
-                got = _md5(target)
-                if got == md5:
-                    print(f"  {target}: present, MD5 ok", file=out)
-                elif local is not None and got == _md5(local / file_name):
-                    # The system package recompresses its files, so their MD5 is its own.
-                    print(f"  {target}: present, same as {local / file_name}", file=out)
-                else:
-                    print(f"  {target}: MD5 differs, downloading it again", file=out)
-                    target.unlink()
-            if not target.is_file() and local is not None:
-                fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{file_name}.", suffix=".part")
-                os.close(fd)
-                shutil.copyfile(local / file_name, tmp)  # a valid IDX file (_local_copy)
-                os.replace(tmp, target)
-                print(f"  {target}: copied from {local}", file=out)
-                continue
-            if not target.is_file():
-                base = f"{mirror.rstrip('/')}/{remote.name}/" if mirror else remote.base_url
-                _download(base + file_name, target, md5, out)
-            if remote.unzip:
-                _unzip(target, folder, out)
-                (folder / f".{file_name}.done").write_text(md5 + "\n")
-                target.unlink()
+            _fetch_file(remote, folder, file_name, md5, local=local, mirror=mirror, out=out)
     except BaseException:
         if created:
             # A folder this call created holds only what finished; drop it if nothing did.

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._data import DatasetError
+from ._errors import DatasetError
+from ._raw import RawData
 
 __all__ = ["IMAGE_EXTENSIONS", "default_cache_dir", "image_folder_cache", "load_image_folder"]
 
@@ -239,10 +240,8 @@ def load_image_folder(
     image_size: tuple[int, int] | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_unreadable: float = 0.01,
-) -> tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[str, ...], str
-]:
-    """``(pool_x, pool_y, test_x, test_y, classes, source)`` of an image folder, via the cache.
+) -> RawData:
+    """The images of a folder (classes: its sub-folders, sorted), read through the cache.
 
     Unreadable files are skipped with a warning on stderr; more than ``max_unreadable`` of them
     (a fraction of all image files) is a :class:`DatasetError`.
@@ -284,5 +283,5 @@ def load_image_folder(
         raise DatasetError(f"{root}: no readable training image in class folder(s) {empty}")
     is_test = torch.from_numpy(test)
     if not test.any() and "test" not in _layout(root):
-        return x, y, None, None, tuple(classes), str(root)
-    return x[~is_test], y[~is_test], x[is_test], y[is_test], tuple(classes), str(root)
+        return RawData(x, y, None, None, tuple(classes), str(root))
+    return RawData(x[~is_test], y[~is_test], x[is_test], y[is_test], tuple(classes), str(root))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.trainer.states import TrainerStatus
 
-from models import ArchSpec, build, count_macs, count_params, stage_macs
+from cnnas.models import ArchSpec, build, count_macs, count_params, stage_macs
 
 from ._augment import Augment, augment
 from ._batches import Batches, on_device
@@ -36,6 +36,7 @@ __all__ = [
     "Classifier",
     "TrainConfig",
     "TrialResult",
+    "confusion_matrix",
     "evaluate",
     "fit",
     "logits_in_batches",
@@ -435,3 +436,20 @@ def evaluate(
         loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
     return loss_sum / len(y), correct / len(y)
+
+
+@torch.no_grad()
+def confusion_matrix(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_classes: int,
+) -> tuple[float, torch.Tensor]:
+    """Accuracy and the confusion matrix (rows: true class, columns: predicted) of uint8 images."""
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for logits, yb in logits_in_batches(model, x, y, mean, std):
+        pred = logits.argmax(1).cpu()
+        matrix.index_put_((yb.cpu(), pred), torch.ones_like(pred), accumulate=True)
+    return float(matrix.diag().sum()) / max(len(y), 1), matrix

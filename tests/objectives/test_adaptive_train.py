@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from models import ArchSpec, ConvBlock, count_macs, stage_macs
-from objectives import TrainConfig, evaluate, fit
+from cnnas.models import ArchSpec, ConvBlock, count_macs, stage_macs
+from cnnas.objectives import TrainConfig, evaluate, fit
 
 ONE_EPOCH = TrainConfig(epochs=1, batch_size=64, lr=3e-3)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import ArchSpec, ConvBlock, DenseLayer
-from objectives import Augment, TrainConfig, augment, fit
+from cnnas.models import ArchSpec, ConvBlock, DenseLayer
+from cnnas.objectives import Augment, TrainConfig, augment, fit
 
 
 def batch(n: int = 16, c: int = 1, h: int = 12, w: int = 10) -> torch.Tensor:

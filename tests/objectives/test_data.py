@@ -1,4 +1,4 @@
-"""Tests for objectives._data: IDX reading, locating Fashion-MNIST, splitting and loading."""
+"""Tests of IDX reading, locating Fashion-MNIST, the dataset registry, splitting and loading."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from objectives import _data
-from objectives._data import (
+import cnnas.objectives
+from cnnas.objectives import (
     DATASETS,
+    DatasetEntry,
     DatasetError,
     ImageData,
+    dataset_entry,
     find_fashion_mnist,
     load_dataset,
     read_idx,
@@ -234,9 +236,12 @@ def test_find_in_subdirectory(tmp_path: Path, sub: str, monkeypatch: pytest.Monk
     assert find_fashion_mnist() == tmp_path / "data" / sub
 
 
-def test_find_default_dirs(fashion_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_data, "FASHION_MNIST_DIRS", (fashion_dir.parent / "x", fashion_dir))
-    assert find_fashion_mnist() == fashion_dir
+def test_find_default_dirs(fashion_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    assert find_fashion_mnist(system_dirs=(fashion_dir.parent / "x", fashion_dir)) == fashion_dir
+    # After the system folders: where `cnnas data fetch fashion-mnist` puts the files.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    fetched = make_fashion_dir(tmp_path / "xdg" / "cnnas" / "datasets" / "fashion-mnist")
+    assert find_fashion_mnist(system_dirs=(tmp_path / "x",)) == fetched
 
 
 def test_find_missing_dir_explains_how_to_fix(tmp_path: Path) -> None:
@@ -258,9 +263,8 @@ def test_find_explicit_dir_does_not_fall_back(
 ) -> None:
     # A wrong --data-dir must fail loudly rather than silently use other data.
     monkeypatch.setenv("CNNAS_DATA_DIR", str(fashion_dir))
-    monkeypatch.setattr(_data, "FASHION_MNIST_DIRS", (fashion_dir,))
     with pytest.raises(DatasetError, match="no-such-dir"):
-        find_fashion_mnist(tmp_path / "no-such-dir")
+        find_fashion_mnist(tmp_path / "no-such-dir", system_dirs=(fashion_dir,))
 
 
 def test_find_env_dir_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -456,6 +460,30 @@ def test_unknown_dataset_lists_known_names() -> None:
         assert name in message
 
 
+def test_registry_unknown_name_lists_known_names() -> None:
+    with pytest.raises(DatasetError, match="unknown dataset 'fashion_mnist'") as info:
+        dataset_entry("fashion_mnist")
+    assert str(sorted(DATASETS)) in str(info.value)
+
+
+def test_registry_names_are_the_datasets() -> None:
+    entries = [dataset_entry(name) for name in DATASETS]
+    assert all(isinstance(e, DatasetEntry) for e in entries)
+    assert tuple(e.name for e in entries) == DATASETS
+    assert DATASETS[:4] == ("fashion-mnist", "digits", "mnist", "kmnist")
+    assert DATASETS[-2:] == ("image-folder", "npz")
+    # Only the user's own files need data.path; everything else has a download or is bundled.
+    assert {e.name for e in entries if e.user_path} == {"image-folder", "npz"}
+    assert {e.name for e in entries if e.fetch is None} == {"digits", "image-folder", "npz"}
+
+
+def test_fixed_class_count_checks_subset_before_reading(tmp_path: Path) -> None:
+    # cifar-100 has 100 classes: a subset of 150 fails before the (missing) files are looked for.
+    assert dataset_entry("cifar-100").num_classes == 100
+    with pytest.raises(DatasetError, match=r"subset must be an integer >= 200"):
+        load_dataset("cifar-100", data_dir=tmp_path / "nowhere", subset=150)
+
+
 @pytest.mark.parametrize("val_fraction", [0.0, 1.0, -0.5, 2, math.nan])
 def test_bad_val_fraction(val_fraction: float) -> None:
     with pytest.raises(ValueError, match="val_fraction"):
@@ -509,16 +537,20 @@ def test_real_fashion_mnist() -> None:
     assert 85.0 < data.std[0] < 95.0
 
 
-def test_module_imports_nothing_heavy() -> None:
-    # Load _data.py on its own: the objectives package __init__ imports the training stack,
-    # but this module must stay importable by light-weight tools (and keep sklearn lazy).
+def test_data_modules_import_nothing_heavy() -> None:
+    # The objectives package __init__ imports the training stack, but loading data must stay
+    # possible for light-weight tools: load _data (and through it the registry and every
+    # reader) under a bare package that skips that __init__.
+    folder = str(Path(cnnas.objectives.__file__).parent)
     code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('probe', {str(_data.__file__)!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "sys.modules['probe'] = module\n"
-        "spec.loader.exec_module(module)\n"
-        "heavy = {'optuna', 'lightning', 'pytorch_lightning', 'mlflow', 'sklearn', 'objectives'}\n"
+        "import sys, types, importlib\n"
+        "import cnnas\n"
+        "package = types.ModuleType('cnnas.objectives')\n"
+        f"package.__path__ = [{folder!r}]\n"
+        "sys.modules['cnnas.objectives'] = package\n"
+        "importlib.import_module('cnnas.objectives._data')\n"
+        "importlib.import_module('cnnas.objectives._fetch')\n"
+        "heavy = {'optuna', 'lightning', 'pytorch_lightning', 'mlflow', 'sklearn', 'PIL'}\n"
         "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
     )
     result = subprocess.run(

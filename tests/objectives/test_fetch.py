@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from objectives import DatasetError, Remote, fetch, load_dataset
-from objectives._fetch import REMOTES, remote_for
+from cnnas.objectives import DATASETS, DatasetError, Remote, dataset_entry, fetch, load_dataset
+from cnnas.objectives._fetch import REMOTES, remote_for
 
 from .datasets import IDX_STEMS, emnist_stems, make_idx_dir
 
@@ -128,3 +128,15 @@ def test_remote_names() -> None:
         remote_for("image-folder")
     for remote in REMOTES.values():
         assert all(len(digest) == 32 for _, digest in remote.files)
+
+
+def test_every_download_of_the_registry_is_a_remote() -> None:
+    fetched = {dataset_entry(name).fetch for name in DATASETS} - {None}
+    assert fetched == set(REMOTES)
+    for name in DATASETS:
+        entry = dataset_entry(name)
+        if entry.fetch is not None:
+            assert remote_for(name) is REMOTES[entry.fetch]
+    # A download's own name works too, where it is no dataset name (emnist holds six).
+    assert remote_for("emnist") is REMOTES["emnist"]
+    assert REMOTES["mnist"].files[0][0] == f"{IDX_STEMS[0]}.gz"

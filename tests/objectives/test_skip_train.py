@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import SkipCNN, skip_spec
-from objectives._skip_train import (
+from cnnas.models import SkipCNN, skip_spec
+from cnnas.objectives._skip_train import (
     activation_scores,
     earliest_correct,
     predict_in_batches,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from objectives import DatasetError, image_folder_cache, load_dataset
+from cnnas.objectives import DatasetError, image_folder_cache, load_dataset
 
 from .datasets import (
     IDX_STEMS,

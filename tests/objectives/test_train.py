@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from models import ArchSpec, ConvBlock, DenseLayer, count_macs, count_params
-from objectives import Batches, TrainConfig, evaluate, fit
+from cnnas.models import ArchSpec, ConvBlock, DenseLayer, count_macs, count_params
+from cnnas.objectives import Batches, TrainConfig, evaluate, fit
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=3e-3)
 
