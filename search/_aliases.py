@@ -44,7 +44,7 @@ class Member:
     trial: int  # trial number (unique id; also the final tie-breaker: lower wins)
     accuracy: float  # validation accuracy in [0, 1]
     params: int
-    macs: int
+    macs: float  # per image; executed MACs for adaptive-depth networks
 
     def __post_init__(self) -> None:
         # A NaN accuracy compares false with everything, which would make every ordering below
@@ -67,7 +67,7 @@ class ChampionRule:
     within: float = 0.005  # for "smallest_within": accuracy within this of the most accurate
 
 
-def _complexity_of(complexity: str) -> Callable[[Member], int]:
+def _complexity_of(complexity: str) -> Callable[[Member], float]:
     if complexity == "params":
         return lambda m: m.params
     if complexity == "macs":
@@ -85,11 +85,11 @@ def _check_rule(rule: ChampionRule) -> None:
 # The orders below are total (trial last), so min() never depends on input order.
 
 
-def _most_accurate_key(cx: Callable[[Member], int]) -> Callable[[Member], tuple]:
+def _most_accurate_key(cx: Callable[[Member], float]) -> Callable[[Member], tuple]:
     return lambda m: (-m.accuracy, cx(m), m.trial)
 
 
-def _smallest_key(cx: Callable[[Member], int]) -> Callable[[Member], tuple]:
+def _smallest_key(cx: Callable[[Member], float]) -> Callable[[Member], tuple]:
     return lambda m: (cx(m), -m.accuracy, m.trial)
 
 

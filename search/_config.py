@@ -8,6 +8,8 @@ YAML is read with ``yaml.safe_load``, so no tag can build a Python object.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import json
 import math
 import os
 import re
@@ -19,11 +21,12 @@ from typing import Any
 
 import yaml
 
-from models import AGGREGATIONS, HEADS, POOLS, PREDICTIONS
-from objectives import DATASETS, Augment, TrainConfig
-from objectives._train import ACCELERATORS, PRECISIONS
+from cnnas.models import AGGREGATIONS, HEADS, POOLS, PREDICTIONS
+from cnnas.objectives import DATASETS, Augment, TrainConfig
+from cnnas.objectives._train import ACCELERATORS, PRECISIONS
 
 from ._aliases import CHAMPION_RULES, ChampionRule
+from .errors import ConfigError
 
 __all__ = [
     "COMPLEXITY",
@@ -35,8 +38,12 @@ __all__ = [
     "SpaceConfig",
     "StudyConfig",
     "StudySection",
+    "describe_presets",
     "load_config",
     "load_mlflow_config",
+    "load_preset",
+    "preset_names",
+    "to_yaml",
 ]
 
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -47,10 +54,6 @@ OBJECTIVES = ("pareto", "accuracy")
 COMPLEXITY = ("params", "macs")
 GROWTH = ("constant", "doubling")
 SPACE_PRESETS = ("default", "seed003", "seed002", "seed000")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and what is allowed."""
 
 
 def _opt(default: Any, doc: str, **rules: Any) -> Any:
@@ -210,27 +213,41 @@ class AugmentSection:
     flip: bool = _opt(False, "Mirror half the images left-right (not for digits).")
 
 
+# The trainer's own defaults are the section's: one place says what a trial trains with.
+_TRAINER = TrainConfig()
+
+
 @dataclass(frozen=True)
 class TrainSection:
-    epochs: int = _opt(3, "Training epochs per trial.", lo=1, hi=10000)
-    batch_size: int = _opt(128, "Images per step.", lo=1, hi=1 << 16)
-    lr: float = _opt(1e-3, "Adam learning rate.", lo=1e-7, hi=1.0)
-    weight_decay: float = _opt(0.0, "Adam weight decay.", lo=0.0, hi=1.0)
+    epochs: int = _opt(_TRAINER.epochs, "Training epochs per trial.", lo=1, hi=10000)
+    batch_size: int = _opt(_TRAINER.batch_size, "Images per step.", lo=1, hi=1 << 16)
+    lr: float = _opt(_TRAINER.lr, "Adam learning rate.", lo=1e-7, hi=1.0)
+    weight_decay: float = _opt(_TRAINER.weight_decay, "Adam weight decay.", lo=0.0, hi=1.0)
     lr_factor: float = _opt(
-        0.5, "Learning-rate decay factor on a validation-accuracy plateau.", lo=0.01, hi=0.99
+        _TRAINER.lr_factor,
+        "Learning-rate decay factor on a validation-accuracy plateau.",
+        lo=0.01,
+        hi=0.99,
     )
     lr_patience: int = _opt(
-        1, "Epochs without improvement before the learning rate decays.", lo=0, hi=1000
+        _TRAINER.lr_patience,
+        "Epochs without improvement before the learning rate decays.",
+        lo=0,
+        hi=1000,
     )
     accelerator: str = _opt(
-        "auto", "Where to train; auto takes a GPU when there is one.", choices=ACCELERATORS
+        _TRAINER.accelerator,
+        "Where to train; auto takes a GPU when there is one.",
+        choices=ACCELERATORS,
     )
     precision: str = _opt(
-        "auto",
+        _TRAINER.precision,
         "Numeric precision; auto is bf16-mixed on a GPU, 32-true on the CPU.",
         choices=PRECISIONS,
     )
-    deterministic: bool = _opt(True, "Deterministic kernels (the same seed gives the same result).")
+    deterministic: bool = _opt(
+        _TRAINER.deterministic, "Deterministic kernels (the same seed gives the same result)."
+    )
     oom_retry: bool = _opt(
         True,
         "On a GPU out-of-memory error, train the trial once more at half the batch size before "
@@ -240,7 +257,7 @@ class TrainSection:
 
     def to_train_config(self, seed: int, augment: bool = False) -> TrainConfig:
         """The trainer's config; ``augment`` turns on the augmentation this section describes."""
-        # oom_retry is the study's business (search._study), not the trainer's.
+        # oom_retry is the study's business (search._objective), not the trainer's.
         values = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "oom_retry"
         }
@@ -511,6 +528,14 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def mlflow_config(self) -> MlflowConfig:
+        """The mlflow.yml this config names (``mlflow``), else ./mlflow.yml, else defaults."""
+        return load_mlflow_config(self.mlflow)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """``to_dict()`` with tuples as lists: what a study stores and a YAML file would say."""
+        return json.loads(json.dumps(self.to_dict()))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
         """The config a study stored (``to_dict()``), checked like a file."""
@@ -535,38 +560,52 @@ class MlflowConfig:
 # --- checking ---------------------------------------------------------------------------------
 
 
-def _check_scalar(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as a ``tp``, or a ConfigError that names the key and what was given."""
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
+            raise ConfigError(f"{key}: expected true or false, got {_shown(value)}")
+    elif tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_shown(value)}")
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_shown(value)}")
         # NaN compares false with every bound, so it would slip through the range check.
         if not math.isfinite(value):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         value = float(value)
     elif tp is str and not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_shown(value)}")
+    return value
+
+
+def _check_scalar(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
+    value = _check_type(value, tp, key)
+    if tp is bool:
+        return value
     lo, hi = meta.get("lo"), meta.get("hi")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]"
-        raise ConfigError(f"{key}: must be {bounds}, got {value}")
+        raise ConfigError(f"{key}: must be {bounds}, got {_shown(value)}")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(
-            f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, choices))}"
+            f"{key}: unknown value {_shown(value)}; allowed: {', '.join(map(str, choices))}"
         )
     pattern = meta.get("pattern")
     if pattern is not None and not re.fullmatch(pattern, value):
-        raise ConfigError(f"{key}: {value!r} does not match {pattern}")
+        raise ConfigError(f"{key}: {_shown(value)} does not match {pattern}")
     if meta.get("odd") and value % 2 == 0:
         raise ConfigError(f"{key}: must be odd, got {value}")
     return value
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message shows it: its repr, cut short. A YAML alias can expand to
+    megabytes under a valid key, and a message must stay a line a person reads."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({type(value).__name__})"
 
 
 def _check(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
@@ -585,17 +624,17 @@ def _check(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
             if isinstance(value, (list, tuple)) and lists:
                 return _check(value, lists[0], key, meta)
             raise ConfigError(
-                f"{key}: expected a list of choices or {{min: ..., max: ...}}, got {value!r}"
+                f"{key}: expected a list of choices or {{min: ..., max: ...}}, got {_shown(value)}"
             )
         return _check(value, options[0], key, meta)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_shown(value)}")
         if not value:
             raise ConfigError(f"{key}: needs at least one value")
         out = tuple(_check(v, args[0], f"{key}[{i}]", meta) for i, v in enumerate(value))
         if len(set(out)) != len(out):
-            raise ConfigError(f"{key}: repeated values in {list(value)}")
+            raise ConfigError(f"{key}: repeated values in {_shown(list(value))}")
         return out
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
@@ -605,7 +644,7 @@ def _check(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
 def _check_range(value: dict, cls: type, key: str, meta: dict[str, Any]) -> Any:
     unknown = sorted(set(value) - {"min", "max"}, key=str)
     if unknown or set(value) != {"min", "max"}:
-        raise ConfigError(f"{key}: a range is {{min: ..., max: ...}}, got {value!r}")
+        raise ConfigError(f"{key}: a range is {{min: ..., max: ...}}, got {_shown(value)}")
     kind = int if cls is IntRange else float
     lo = _check_scalar(value["min"], kind, f"{key}.min", meta)
     hi = _check_scalar(value["max"], kind, f"{key}.max", meta)
@@ -661,10 +700,14 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
+    return _parse_yaml(text, str(path))
+
+
+def _parse_yaml(text: str, where: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {_yaml_problem(e)}") from None
+        raise ConfigError(f"{where}: malformed YAML: {_yaml_problem(e)}") from None
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -693,6 +736,72 @@ def load_config(path: str | os.PathLike | None) -> StudyConfig:
     if cfg.mlflow is not None and not Path(cfg.mlflow).is_absolute():
         cfg = dataclasses.replace(cfg, mlflow=str(path.parent / cfg.mlflow))
     return cfg
+
+
+# The presets ship inside the package (cnnas/search/presets/*.yaml), so an installed wheel
+# has them; `cnnas config show --preset NAME` writes one out to edit.
+_PRESETS = importlib.resources.files("cnnas.search") / "presets"
+
+
+def preset_names() -> tuple[str, ...]:
+    """The presets shipped with cnnas, by name."""
+    return tuple(
+        sorted(p.name.removesuffix(".yaml") for p in _PRESETS.iterdir() if p.name.endswith(".yaml"))
+    )
+
+
+def _preset_text(name: str) -> str:
+    if name not in preset_names():
+        raise ConfigError(
+            f"--preset: unknown preset {name!r}; known: {', '.join(preset_names())} "
+            "(or pass --config FILE)"
+        )
+    return (_PRESETS / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def load_preset(name: str) -> StudyConfig:
+    """A preset shipped with cnnas, checked like a file."""
+    return _build(StudyConfig, _parse_yaml(_preset_text(name), f"preset {name}"), "")
+
+
+def describe_presets() -> dict[str, str]:
+    """Preset name -> its first comment line (what it is for)."""
+    out = {}
+    for name in preset_names():
+        first = next((ln for ln in _preset_text(name).splitlines() if ln.startswith("#")), "#")
+        out[name] = first.lstrip("# ").strip()
+    return out
+
+
+def _yaml_value(value: Any) -> str:
+    return (
+        yaml.safe_dump(_plain(value), default_flow_style=True, sort_keys=False)
+        .strip()
+        .removesuffix("...")
+        .strip()
+    )
+
+
+def _yaml_lines(obj: Any, indent: int) -> list[str]:
+    lines = []
+    pad = "  " * indent
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, (IntRange, FloatRange)):
+            lines.append(f"{pad}{f.name}:")
+            lines += _yaml_lines(value, indent + 1)
+            continue
+        shown = "null" if value is None else _yaml_value(value)
+        doc = f.metadata.get("doc", "")
+        lines.append(f"{pad}{f.name}: {shown}" + (f"  # {doc}" if doc else ""))
+    return lines
+
+
+def to_yaml(cfg: StudyConfig, header: str = "") -> str:
+    """``cfg`` as a YAML config file with every key, each with its one-line documentation; it
+    reads back as the same config."""
+    head = [f"# {header}"] if header else []
+    return "\n".join([*head, *_yaml_lines(cfg, 0)]) + "\n"
 
 
 def load_mlflow_config(path: str | os.PathLike | None) -> MlflowConfig:

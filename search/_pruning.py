@@ -9,13 +9,14 @@ already beaten at this epoch by smaller networks, and it is not cheaper than the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import pytorch_lightning as pl
-from optuna.trial import FrozenTrial, TrialState
+
+from ._records import TrialRecord
 
 __all__ = ["OptunaPruning", "ParetoPruner", "PruneRule", "Reference", "prune_reason", "references"]
 
@@ -68,28 +69,27 @@ def prune_reason(
     )
 
 
-def references(trials: Sequence[FrozenTrial], complexity: str) -> list[Reference]:
-    """The completed, trained trials of a study with their validation-accuracy curves."""
-    out = []
-    for t in trials:
-        a = t.user_attrs
-        if t.state != TrialState.COMPLETE or "infeasible" in a or "curves" not in a:
-            continue
-        out.append(Reference(t.number, float(a[complexity]), tuple(a["curves"]["val_acc"])))
-    return out
+def references(trials: Sequence[TrialRecord], complexity: str) -> list[Reference]:
+    """The trained trials of a study (repeats left out) with their validation-accuracy curves."""
+    return [
+        Reference(r.number, r.complexity(complexity), tuple(r.curves["val_acc"]))
+        for r in trials
+        if r.candidate and r.curves.get("val_acc")
+    ]
 
 
 class ParetoPruner(pl.Callback):
     """Stops a trial's training by :func:`prune_reason`, raising ``optuna.TrialPruned``.
 
-    The curves so far are stored on the trial first, so a pruned trial keeps its last values.
+    ``refs()`` gives the study's completed trials when asked (once an epoch), so a trial is
+    judged against what other workers finished meanwhile. It only judges: what the trial
+    recorded up to the stop is the study's to write.
     """
 
     def __init__(
-        self, trial: optuna.Trial, complexity_name: str, complexity: float, rule: PruneRule
+        self, refs: Callable[[], Sequence[Reference]], complexity: float, rule: PruneRule
     ) -> None:
-        self.trial = trial
-        self.complexity_name = complexity_name
+        self.refs = refs
         self.complexity = complexity
         self.rule = rule
 
@@ -100,16 +100,8 @@ class ParetoPruner(pl.Callback):
         epoch = len(curves["val_acc"]) - 1
         if epoch + 1 <= self.rule.warmup_epochs or epoch + 1 >= trainer.max_epochs:
             return  # nothing to judge yet, or nothing left to save
-        trials = self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        reason = prune_reason(
-            epoch,
-            curves["val_acc"][-1],
-            self.complexity,
-            references(trials, self.complexity_name),
-            self.rule,
-        )
+        reason = prune_reason(epoch, curves["val_acc"][-1], self.complexity, self.refs(), self.rule)
         if reason is not None:
-            _keep_last_values(self.trial, curves, reason, epoch)
             raise optuna.TrialPruned(reason)
 
 
@@ -133,20 +125,7 @@ class OptunaPruning(pl.Callback):
         self.trial.report(float(curves["val_acc"][-1]), epoch)
         if epoch + 1 >= trainer.max_epochs or not self.trial.should_prune():
             return
-        reason = (
+        raise optuna.TrialPruned(
             f"epoch {epoch + 1}: val_acc {curves['val_acc'][-1]:.4f}; "
             f"Optuna's {type(self.trial.study.pruner).__name__} stopped it"
         )
-        _keep_last_values(self.trial, curves, reason, epoch)
-        raise optuna.TrialPruned(reason)
-
-
-def _keep_last_values(
-    trial: optuna.Trial, curves: dict[str, list[float]], reason: str, epoch: int
-) -> None:
-    """Stores a pruned trial's curves, reason and last values, so it is recorded as it stood."""
-    trial.set_user_attr("curves", {k: list(v) for k, v in curves.items()})
-    trial.set_user_attr("pruned", reason)
-    trial.set_user_attr("pruned_epoch", epoch + 1)
-    for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
-        trial.set_user_attr(key, float(curves[key][-1]))

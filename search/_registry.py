@@ -14,17 +14,14 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from optuna.trial import FrozenTrial, TrialState
 
-from models import (
+from cnnas.models import (
     META_FILE,
     SPEC_FILE,
     WEIGHTS_FILE,
@@ -33,16 +30,16 @@ from models import (
     read_metadata,
     sha256_file,
 )
-from objectives import evaluate, fit, logits_in_batches
+from cnnas.objectives import evaluate
 
-from ._aliases import ChampionRule, Member, assign_aliases, pareto_members
-from ._study import StudyRun, is_feasible, trial_spec
+from ._aliases import ChampionRule, assign_aliases
+from ._records import TrialRecord, members
+from ._records import front as study_front
+from ._study import StudyRun
+from .errors import RegistryError
 
 __all__ = [
     "MODEL_ARTIFACT",
-    "RegistryError",
-    "confusion_matrix",
-    "front_trials",
     "load",
     "parse_model_ref",
     "pull",
@@ -55,10 +52,6 @@ MODEL_ARTIFACT = "model"
 TEST_ACC_ATTR = "test_accuracy"  # study user attr: {trial number: test accuracy}
 
 
-class RegistryError(ValueError):
-    """A registered model, version or alias does not exist, or a pull cannot be completed."""
-
-
 def registered_model_name(template: str, study: str) -> str:
     """mlflow.yml's ``registered_model`` with ``{study}`` replaced by the study's name."""
     return template.replace("{study}", study)
@@ -67,30 +60,12 @@ def registered_model_name(template: str, study: str) -> str:
 # --- the front ------------------------------------------------------------------------------------
 
 
-def _member(t: FrozenTrial) -> Member:
-    a = t.user_attrs
-    return Member(
-        trial=t.number, accuracy=float(a["val_acc"]), params=int(a["params"]), macs=int(a["macs"])
-    )
-
-
-def front_trials(study: optuna.Study, complexity: str = "params") -> list[FrozenTrial]:
-    """Feasible, trained trials on the front of validation accuracy against ``complexity``."""
-    trained = {
-        t.number: t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if is_feasible(t) and "duplicate_of" not in t.user_attrs and "val_acc" in t.user_attrs
-    }
-    members = pareto_members([_member(t) for t in trained.values()], complexity)
-    return [trained[m.trial] for m in members]
-
-
-def _download_model(client: MlflowClient, run_id: str, dst: Path) -> Path:
+def download_model(client: MlflowClient, run_id: str, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(run_id, MODEL_ARTIFACT, str(dst)))
 
 
-def test_accuracy(run: StudyRun, trial: FrozenTrial) -> float:
+def test_accuracy(run: StudyRun, trial: TrialRecord) -> float:
     """The trial's accuracy on the held-out test split, measured once and recorded.
 
     The test split never chooses an architecture: it is read only here, for front members,
@@ -100,12 +75,10 @@ def test_accuracy(run: StudyRun, trial: FrozenTrial) -> float:
     if str(trial.number) in recorded:
         return float(recorded[str(trial.number)])
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_model(
-            _download_model(run.tracker.client, trial.user_attrs["mlflow_run_id"], Path(tmp))
-        )
+        model = load_model(download_model(run.tracker.client, trial.run_id, Path(tmp)))
     data = run.data
     loss, acc = evaluate(model, data.test_x, data.test_y, data.mean, data.std)
-    run.tracker.log_metrics(trial.user_attrs["mlflow_run_id"], {"test_acc": acc, "test_loss": loss})
+    run.tracker.log_metrics(trial.run_id, {"test_acc": acc, "test_loss": loss})
     # Re-read before writing: another worker may have recorded other trials meanwhile.
     recorded = dict(run.study.user_attrs.get(TEST_ACC_ATTR, {}))
     recorded[str(trial.number)] = acc
@@ -113,27 +86,10 @@ def test_accuracy(run: StudyRun, trial: FrozenTrial) -> float:
     return acc
 
 
-@torch.no_grad()
-def confusion_matrix(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
-    num_classes: int,
-) -> tuple[float, torch.Tensor]:
-    """Accuracy and the confusion matrix (rows: true class, columns: predicted) of uint8 images."""
-    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for logits, yb in logits_in_batches(model, x, y, mean, std):
-        pred = logits.argmax(1).cpu()
-        matrix.index_put_((yb.cpu(), pred), torch.ones_like(pred), accumulate=True)
-    return float(matrix.diag().sum()) / max(len(y), 1), matrix
-
-
 # --- registering ----------------------------------------------------------------------------------
 
 
-def _refit(run: StudyRun, trial: FrozenTrial, epochs: int) -> tuple[str, dict[str, Any]]:
+def _refit(run: StudyRun, trial: TrialRecord, epochs: int) -> tuple[str, dict[str, Any]]:
     """Retrains a front member on train + validation; returns its new run id and metadata."""
     data = run.data
     merged = dataclasses.replace(
@@ -141,13 +97,12 @@ def _refit(run: StudyRun, trial: FrozenTrial, epochs: int) -> tuple[str, dict[st
         train_x=torch.cat([data.train_x, data.val_x]),
         train_y=torch.cat([data.train_y, data.val_y]),
     )
-    spec = trial_spec(trial)
+    spec = trial.spec
     cfg = run.cfg
     train_cfg = dataclasses.replace(
-        cfg.train.to_train_config(cfg.study.seed, bool(trial.user_attrs.get("augment"))),
-        epochs=epochs,
+        cfg.train.to_train_config(cfg.study.seed, trial.augment), epochs=epochs
     )
-    result = fit(spec, merged, train_cfg, seed=cfg.study.seed + trial.number)
+    result = run.trainer(spec, merged, train_cfg, seed=cfg.study.seed + trial.number)
     run_id = run.tracker.start_trial(
         run.parent_run_id,
         cfg.study.name,
@@ -156,7 +111,7 @@ def _refit(run: StudyRun, trial: FrozenTrial, epochs: int) -> tuple[str, dict[st
         run_name=f"{cfg.study.name}-trial-{trial.number}-refit",
         extra_tags={"cnnas.refit_of": str(trial.number)},
     )
-    run.tracker.finish_trial(run_id, result)
+    run.tracker.end_fit(run_id, result)
     meta = run.tracker.log_model(run_id, result.model, run.model_extra(trial.number, epochs))
     loss, acc = evaluate(result.model, data.test_x, data.test_y, data.mean, data.std)
     run.tracker.log_metrics(run_id, {"test_acc": acc, "test_loss": loss})
@@ -190,7 +145,7 @@ def register_front(
     client = run.tracker.client
     name = registered_model_name(run.mlflow_cfg.registered_model, run.cfg.study.name)
     _ensure_registered_model(client, name)
-    front = front_trials(run.study, complexity)
+    front = study_front(run.records(), complexity)
     existing = {
         (v.tags.get("cnnas.study"), v.tags.get("cnnas.trial"), v.tags.get("cnnas.refit", "0")): v
         for v in _versions(client, name)
@@ -201,26 +156,25 @@ def register_front(
         key = (run.cfg.study.name, str(trial.number), "1" if refit_epochs else "0")
         version = existing.get(key)
         if version is None:
-            source_run = trial.user_attrs["mlflow_run_id"]
+            source_run = trial.run_id
             if refit_epochs:
                 source_run, meta = _refit(run, trial, refit_epochs)
                 acc = float(meta["test_acc"])
             else:
                 acc = test_accuracy(run, trial)
                 with tempfile.TemporaryDirectory() as tmp:
-                    meta = read_metadata(_download_model(client, source_run, Path(tmp)))
-            a = trial.user_attrs
+                    meta = read_metadata(download_model(client, source_run, Path(tmp)))
             tags = {
                 "cnnas.study": run.cfg.study.name,
                 "cnnas.trial": str(trial.number),
                 "cnnas.refit": "1" if refit_epochs else "0",
-                "cnnas.spec_hash": a["spec_hash"],
+                "cnnas.spec_hash": trial.spec_hash,
                 "cnnas.sha256": meta["sha256"],
-                "val_acc": f"{a['val_acc']:.6f}",
+                "val_acc": f"{trial.val_acc:.6f}",
                 "test_acc": f"{acc:.6f}",
-                "params": str(int(a["params"])),
-                "macs": str(int(a["macs"])),
-                "ratio": f"{a['ratio']:.6e}",
+                "params": str(trial.params),
+                "macs": str(trial.macs),
+                "ratio": f"{trial.ratio:.6e}",
             }
             if refit_epochs:
                 tags["refit_epochs"] = str(refit_epochs)
@@ -229,8 +183,7 @@ def register_front(
         versions[trial.number] = version
         test_accs[trial.number] = float(version.tags.get("test_acc", "nan"))
 
-    members = [_member(t) for t in front]
-    aliases = assign_aliases(members, rule, complexity)
+    aliases = assign_aliases(members(front), rule, complexity)
     for alias, member in aliases.items():
         client.set_registered_model_alias(name, alias, versions[member.trial].version)
     # An alias the rules no longer give (a champion limit nobody meets) must not linger.
@@ -295,7 +248,7 @@ def pull(client: MlflowClient, ref: str, out: str | os.PathLike) -> dict[str, An
         try:
             # Versions point at their run's model/ folder, so the run's artifact repository
             # (local files or a tracking server's proxy) serves them.
-            local = _download_model(client, version.run_id, staging / "download")
+            local = download_model(client, version.run_id, staging / "download")
         except (MlflowException, OSError) as e:
             raise RegistryError(
                 f"{version.name} version {version.version}: its files cannot be downloaded "

@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from models import ArchSpec, ConvBlock, DenseLayer
+from cnnas.models import ArchSpec, ConvBlock, DenseLayer
 
 from ._config import FloatDim, FloatRange, IntDim, IntRange, SpaceConfig
 

@@ -1,66 +1,72 @@
-"""Studies: storage, samplers, the objective, and running a study to its trial count.
+"""Studies: preparing one, opening it, and running its trials to the total.
 
 The order of :func:`prepare` matters: everything that can be wrong with the user's input (the
-config, mlflow.yml, the dataset) is checked before the first file, study or run is created, so a
-mistake leaves nothing behind.
+config, mlflow.yml, the storage, the dataset) is checked before the first file, study or run is
+created, so a mistake leaves nothing behind.
+
+One trial takes one path (:func:`run_trial`): under the study's start lock, count and
+``study.ask()``; sample the architecture and open its MLflow run; decide the outcome
+(``_objective.evaluate``); then :func:`record` writes it, once, to both stores.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import gc
-import math
-import os
-import re
-import socket
+import signal
+import threading
 import time
 import warnings
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import pytorch_lightning as pl
-import torch
-from optuna.storages import BaseStorage
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from models import ArchSpec, count_macs, count_params
-from objectives import ImageData, TrainConfig, TrialResult, fit, load_dataset
+from cnnas.objectives import ImageData, fit, load_dataset
 
-from ._config import (
-    SINGLE_OBJECTIVE_PRUNERS,
-    ConfigError,
-    MlflowConfig,
-    StudyConfig,
-    load_mlflow_config,
+from ._config import SINGLE_OBJECTIVE_PRUNERS, MlflowConfig, StudyConfig
+from ._objective import (
+    Duplicate,
+    Failed,
+    Infeasible,
+    Outcome,
+    Proposal,
+    Pruned,
+    Trained,
+    Trainer,
+    TrialContext,
+    budget_violations,
+    device_name,
+    evaluate,
+    propose,
 )
-from ._pruning import OptunaPruning, ParetoPruner, PruneRule
-from ._space import suggest_augment, suggest_spec
+from ._records import (
+    ATTR,
+    COUNTED_STATES,
+    METRICS,
+    TrialRecord,
+    counted_trials,
+    records,
+    state_counts,
+)
+from ._storage import StartLock, check_storage, open_storage, process_gone, worker_id
 from ._tracking import Tracker
+from .errors import ConfigError, StudyFailing, StudyMismatch
 
 __all__ = [
-    "FINISHED",
-    "StudyFailing",
-    "StudyMismatch",
     "StudyRun",
-    "check_storage",
-    "front_point",
+    "deferred_interrupts",
     "make_pruner",
     "make_sampler",
     "objective_names",
-    "open_storage",
-    "pareto_front",
     "prepare",
+    "record",
     "replace_cfg",
     "run_study",
-    "state_counts",
-    "storage_location",
-    "trial_spec",
-    "worker_id",
+    "run_trial",
 ]
 
 # Datasets whose images change meaning when mirrored.
@@ -73,10 +79,11 @@ NO_FLIP = {
         for split in ("balanced", "byclass", "bymerge", "digits", "letters", "mnist")
     },
 }
-
-# States that count towards a study's trial total; a RUNNING trial does not.
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+_INTERRUPTED = "KeyboardInterrupt: stopped by the user"
+
+EpochFn = Callable[[int, dict[str, float]], None]
+TrialFn = Callable[["StudyRun", FrozenTrial], None]
 
 
 def objective_names(complexity: str, objective: str = "pareto") -> tuple[str, ...]:
@@ -103,110 +110,7 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def front_point(trial: FrozenTrial, complexity: str) -> tuple[float, float]:
-    """(validation accuracy, complexity) of a complete trial, for either kind of study."""
-    if len(trial.values) == 2:
-        return float(trial.values[0]), float(trial.values[1])
-    return float(trial.values[0]), float(trial.user_attrs[complexity])
-
-
-def storage_location(cfg: StudyConfig) -> str:
-    """The storage as a user would name it: a URL, or the journal file's path."""
-    if cfg.study.storage:
-        return cfg.study.storage
-    return str(Path(cfg.study.project_dir) / "optuna.journal")
-
-
-def open_storage(
-    cfg: StudyConfig, on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None
-) -> BaseStorage:
-    """The Optuna storage: the configured database URL, or a journal file in the project folder.
-
-    The journal file is the local default because it takes concurrent writers (several workers,
-    optuna-dashboard reading) with file locks and appends a few bytes per change: 6.5 ms per trial
-    against 124 ms for SQLite, measured here. A database storage gets Optuna's heartbeat: a
-    running trial that stays silent for ``study.grace_period`` seconds (its worker was killed) is
-    failed by the next worker that starts a trial, and ``on_stale`` is called with it.
-    """
-    if cfg.study.storage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                cfg.study.storage,
-                engine_kwargs=_engine_kwargs(cfg.study.storage),
-                heartbeat_interval=cfg.study.heartbeat_interval,
-                grace_period=cfg.study.grace_period,
-                heartbeat_stale_trial_callback=on_stale,
-            )
-    path = Path(storage_location(cfg))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def _engine_kwargs(url: str) -> dict[str, Any]:
-    # pool_pre_ping: a worker that waited through a database restart reconnects instead of
-    # failing its next trial on a dead connection.
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("postgresql"):
-        # An unreachable server should fail in seconds, not after the OS's TCP timeout.
-        kwargs["connect_args"] = {"connect_timeout": 10}
-    return kwargs
-
-
-def check_storage(cfg: StudyConfig) -> None:
-    """Raises ConfigError when the configured database cannot be reached; writes nothing."""
-    url = cfg.study.storage
-    if not url:
-        return
-    import sqlalchemy
-
-    try:
-        engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
-    except Exception as e:  # a malformed URL or a missing driver
-        raise ConfigError(f"study.storage: cannot use {_safe_url(url)!r}: {e}") from None
-    try:
-        with engine.connect():
-            pass
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(
-            f"study.storage: cannot reach the database {_safe_url(url)!r}: {first}"
-        ) from None
-    finally:
-        engine.dispose()
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-
-
-def worker_id() -> str:
-    """This process as trials record it: host and process id."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _process_gone(worker: str) -> bool:
-    """The worker ran on this host and its process no longer exists."""
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine's worker: only a heartbeat could tell
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # exists, owned by someone else
-    return False
-
-
-# Optuna 5 reads constraints that the objective sets on the trial and deprecates the samplers'
-# constraints_func; older releases have only the latter.
-_TRIAL_CONSTRAINTS = hasattr(optuna.Trial, "set_constraint")
-
-
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    kwargs = {} if _TRIAL_CONSTRAINTS else {"constraints_func": constraints}
     if name == "tpe":
         # multivariate TPE models the joint distribution of the parameters, which matters here:
         # filters, kernel and pooling trade off against each other in both objectives. group
@@ -214,72 +118,59 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(
-                seed=seed,
-                multivariate=True,
-                group=True,
-                n_startup_trials=10,
-                **kwargs,
+                seed=seed, multivariate=True, group=True, n_startup_trials=10
             )
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20, **kwargs)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}; known: tpe, nsga2, random")
 
 
-def trial_spec(trial: FrozenTrial) -> ArchSpec | None:
-    """The architecture a trial trained, rebuilt from its stored spec (not from the space)."""
-    data = trial.user_attrs.get("spec")
-    return ArchSpec.from_dict(data) if data else None
+def sampler_seed(study_seed: int, started: int = 0, worker: str = "") -> int:
+    """The seed of one process's sampler.
 
-
-def pareto_front(study: optuna.Study, complexity: str | None = None) -> list[FrozenTrial]:
-    """Feasible complete trials no other such trial beats on accuracy and size, smallest first.
-
-    A repeated architecture (a trial that took an earlier trial's result) is left out: its
-    original stands for it. In a single-objective study the size is the recorded complexity
-    (``complexity``, default: the one the study's config names), so its front is drawn too.
+    A new study's first process uses ``study.seed`` itself, so a study is reproducible. A
+    resumed study (``started`` trials already there) or another worker (``worker`` names it)
+    draws from a seed of its own: the same seed would propose the same first architectures
+    again, and those would only be recognised as repeats of trials already run.
     """
-    if complexity is None:
-        config = study.user_attrs.get("config", {})
-        complexity = config.get("study", {}).get("complexity", "params")
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if is_feasible(t)
-        and "duplicate_of" not in t.user_attrs
-        and "infeasible" not in t.user_attrs
-    ]
-    points = {t.number: front_point(t, complexity) for t in done}
-    front = [
-        t
-        for t in done
-        if not any(_dominates(points[o.number], points[t.number]) for o in done if o is not t)
-    ]
-    return sorted(front, key=lambda t: (points[t.number][1], -points[t.number][0], t.number))
-
-
-def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """``a`` is at least as accurate and as small as ``b``, and better in one of the two."""
-    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+    if not started and not worker:
+        return study_seed
+    return zlib.crc32(f"{study_seed}:{started}:{worker}".encode()) % (2**31 - 1)
 
 
 @dataclass
 class StudyRun:
-    """Everything a running study needs, built by :func:`prepare` once the input is checked."""
+    """Everything a running study needs, built by :func:`prepare` once the input is checked.
+
+    ``trainer`` scores one architecture (``cnnas.objectives.fit`` unless a caller hands in
+    another with its signature, as the tests do).
+    """
 
     cfg: StudyConfig
     mlflow_cfg: MlflowConfig
     data: ImageData
+    trainer: Trainer = fit
     study: optuna.Study | None = None
     tracker: Tracker | None = None
     parent_run_id: str | None = None
-    # Held by run_study from counting the trials until the next trial exists.
-    start_lock: StartLock | None = None
+    # Set by open(): the storage the study lives in (the journal or a database).
+    storage: Any = field(default=None, repr=False)
+    # Names this process among the study's workers ("" for the one that started the study);
+    # it gives the process a sampler seed of its own.
+    worker: str = ""
 
     @property
     def project_dir(self) -> Path:
         return Path(self.cfg.study.project_dir)
+
+    def records(self) -> list[TrialRecord]:
+        return records(self.study.get_trials(deepcopy=False))
+
+    def finished_count(self) -> int:
+        """Trials that count towards the total (see ``_records.counted_trials``)."""
+        return counted_trials(self.records(), COUNTED_STATES)
 
     def open(self, *, reopen_parent: bool = True) -> None:
         """Creates (or loads) the study and the MLflow parent run. The first write to disk.
@@ -289,14 +180,18 @@ class StudyRun:
         """
         cfg = self.cfg
         names = list(objective_names(cfg.study.complexity, cfg.study.objective))
-        directions = ["maximize", "minimize"][: len(names)]
+        self.storage = open_storage(cfg, on_stale=self.stale_trial)
         self.study = optuna.create_study(
-            storage=open_storage(cfg, on_stale=self.stale_trial),
+            storage=self.storage,
             study_name=cfg.study.name,
             sampler=make_sampler(cfg.study.sampler, cfg.study.seed),
             pruner=make_pruner(cfg),
-            directions=directions,
+            directions=["maximize", "minimize"][: len(names)],
             load_if_exists=True,
+        )
+        started = len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = make_sampler(
+            cfg.study.sampler, sampler_seed(cfg.study.seed, started, self.worker)
         )
         stored = self.study.metric_names
         if stored is None:
@@ -310,7 +205,7 @@ class StudyRun:
             )
         if "config" not in self.study.user_attrs:
             # Later commands (pareto, register) rebuild the study's data and settings from this.
-            self.study.set_user_attr("config", jsonable(cfg.to_dict()))
+            self.study.set_user_attr("config", cfg.to_json_dict())
         self.study.set_user_attr("dataset", cfg.data.dataset)
         self.project_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = Tracker(self.mlflow_cfg, self.project_dir)
@@ -321,6 +216,13 @@ class StudyRun:
         self.parent_run_id = self.tracker.parent_run(cfg.study.name, existing, cfg.to_dict())
         if self.parent_run_id != existing:
             self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_run_id)
+
+    def end_parent(self, status: str, seconds: float) -> None:
+        """Closes the study's parent run with the trial counts and the wall time it ran."""
+        with deferred_interrupts():
+            counts = state_counts(self.records())
+            counts["wall_seconds"] = seconds
+            self.tracker.end_parent(self.parent_run_id, counts, status)
 
     def model_extra(self, number: int, refit_epochs: int | None = None) -> dict[str, Any]:
         """What a saved network needs besides its weights: preprocessing and provenance."""
@@ -333,30 +235,26 @@ class StudyRun:
             "study": self.cfg.study.name,
             "trial": number,
             # How to read the same data again (file or folder, image size, test split).
-            "data": jsonable(dataclasses.asdict(self.cfg.data)),
+            "data": self.cfg.to_json_dict()["data"],
         }
         if refit_epochs:
             extra["refit_epochs"] = refit_epochs
         return extra
 
-    def finished_count(self) -> int:
-        """Trials that count towards the total: finished ones, except failures being retried."""
-        return counted_trials(self.study, FINISHED)
-
     def stale_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """A trial whose worker died: its MLflow run ends KILLED, and it is queued once more
         (same parameters, so the same architecture) up to ``study.retries`` times."""
-        reason = trial.user_attrs.get("fail_reason") or (
-            f"worker {trial.user_attrs.get('worker', '?')} stopped sending heartbeats "
+        r = TrialRecord.from_trial(trial)
+        reason = r.failure or (
+            f"worker {r.worker or '?'} stopped sending heartbeats "
             f"(study.grace_period {self.cfg.study.grace_period}s): killed or lost"
         )
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id and self.tracker is not None:
+        if r.run_id and self.tracker is not None:
             try:
-                self.tracker.fail_trial(run_id, reason, killed=True)
+                self.tracker.end_trial(r.run_id, "KILLED", tags={"cnnas.failure": reason})
             except Exception as e:  # the retry matters more than the run's status
-                warnings.warn(f"could not close MLflow run {run_id}: {e}", stacklevel=1)
-        history = [*trial.user_attrs.get("retry_history", []), trial.number]
+                warnings.warn(f"could not close MLflow run {r.run_id}: {e}", stacklevel=1)
+        history = [*r.attrs.get(ATTR.retry_history, []), trial.number]
         if len(history) > self.cfg.study.retries:
             return
         study.add_trial(
@@ -364,7 +262,7 @@ class StudyRun:
                 state=TrialState.WAITING,
                 params=trial.params,
                 distributions=trial.distributions,
-                user_attrs={"retry_of": trial.number, "retry_history": history},
+                user_attrs={ATTR.retry_of: trial.number, ATTR.retry_history: history},
             )
         )
 
@@ -373,261 +271,34 @@ class StudyRun:
         this machine is gone, and hands each to :meth:`stale_trial`; returns their numbers."""
         if self.cfg.study.storage:
             return []  # database storages have the heartbeat
-        storage = self.study._storage
         failed = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            worker = t.user_attrs.get("worker")
-            if not worker or not _process_gone(worker):
+            worker = t.user_attrs.get(ATTR.worker)
+            if not worker or not process_gone(worker):
                 continue
             reason = f"worker {worker} died while the trial was running"
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            # FrozenTrial has no public id; the storage's own API takes the private one.
+            trial_id = t._trial_id  # noqa: SLF001
+            self.storage.set_trial_user_attr(trial_id, ATTR.failure, reason)
             try:
-                if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                if not self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another process got there first
             failed.append(t.number)
-            self.stale_trial(self.study, storage.get_trial(t._trial_id))
+            self.stale_trial(self.study, self.storage.get_trial(trial_id))
         return failed
 
-    def objective(
-        self, trial: optuna.Trial, on_epoch: Callable[[int, dict[str, float]], None] | None = None
-    ) -> tuple[float, float] | float:
-        if self.start_lock is not None:
-            self.start_lock.release()  # this trial exists now: the next may be counted
-        cfg, data = self.cfg, self.data
-        spec = suggest_spec(trial, cfg.space, data.input_shape, data.num_classes)
-        augment = suggest_augment(trial, cfg.space)
-        params, macs = count_params(spec), count_macs(spec)
-        complexity = float(params if cfg.study.complexity == "params" else macs)
-        identity = spec.spec_hash() + ("+aug" if augment else "")
-        for key, value in (
-            ("worker", worker_id()),
-            ("spec", spec.to_dict()),
-            ("spec_hash", spec.spec_hash()),
-            ("identity", identity),
-            ("augment", augment),
-            ("params", params),
-            ("macs", macs),
-            ("device", _device_name(cfg.train.to_train_config(cfg.study.seed, augment=augment))),
-        ):
-            trial.set_user_attr(key, value)
+    def context(self, trial: optuna.Trial, run_id: str) -> TrialContext:
+        def save_model(model: Any) -> None:
+            self.tracker.log_model(run_id, model, self.model_extra(trial.number))
 
-        # Budgets are checked from the spec alone, before any training. The violations are
-        # stored for constraints_func (> 0 is infeasible), from which TPE and NSGA-II learn.
-        violations = [
-            float(params - cfg.study.max_params) if cfg.study.max_params else 0.0,
-            float(macs - cfg.study.max_macs) if cfg.study.max_macs else 0.0,
-        ]
-        trial.set_user_attr(CONSTRAINTS_ATTR, violations)
-        if _TRIAL_CONSTRAINTS:
-            for key, value in zip(("max_params", "max_macs"), violations, strict=True):
-                trial.set_constraint(key, value)
-        run_id = self.tracker.start_trial(self.parent_run_id, cfg.study.name, trial.number, spec)
-        trial.set_user_attr("mlflow_run_id", run_id)
-        try:
-            values = self._evaluate(trial, spec, augment, violations, complexity, run_id, on_epoch)
-            return values[0] if cfg.study.objective == "accuracy" else values
-        except optuna.TrialPruned as e:
-            self.tracker.finish_pruned(run_id, trial_curves(trial), str(e))
-            raise
-        except BaseException as e:
-            # Whatever failed (training, saving the weights, logging), the trial and its run
-            # both say why; no run is left RUNNING.
-            reason = f"{type(e).__name__}: {e}"
-            trial.set_user_attr("fail_reason", reason)
-            self.tracker.fail_trial(run_id, reason, killed=isinstance(e, KeyboardInterrupt))
-            raise
-
-    def _fit_within_memory(
-        self,
-        trial: optuna.Trial,
-        spec: ArchSpec,
-        train_cfg: TrainConfig,
-        callbacks: list[pl.Callback],
-    ) -> TrialResult | None:
-        """Trains; on a GPU out-of-memory error retries once at half the batch size
-        (``train.oom_retry``), and otherwise marks the trial infeasible and returns None."""
-        seed = self.cfg.study.seed + trial.number
-        first_batch = train_cfg.batch_size
-        while True:
-            try:
-                return fit(spec, self.data, train_cfg, seed=seed, callbacks=callbacks)
-            except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not _out_of_memory(e):
-                    raise
-            # Out of the except block, the traceback (and the failed step's tensors it holds)
-            # is gone, so the memory can really be released.
-            _release_memory()
-            batch = train_cfg.batch_size
-            if self.cfg.train.oom_retry and batch > 1 and batch == first_batch:
-                train_cfg = dataclasses.replace(train_cfg, batch_size=batch // 2)
-                trial.set_user_attr("oom_batch_size", batch // 2)
-                continue
-            reason = f"out of memory at batch size {batch} on {_device_name(train_cfg)}"
-            trial.set_user_attr("infeasible", reason)
-            return None
-
-    def _evaluate(
-        self,
-        trial: optuna.Trial,
-        spec: ArchSpec,
-        augment: bool,
-        violations: list[float],
-        complexity: float,
-        run_id: str,
-        on_epoch: Callable[[int, dict[str, float]], None] | None,
-    ) -> tuple[float, float]:
-        cfg = self.cfg
-        if any(v > 0 for v in violations):
-            reason = _over_budget(
-                int(trial.user_attrs["params"]), int(trial.user_attrs["macs"]), cfg
-            )
-            trial.set_user_attr("infeasible", reason)
-            self.tracker.finish_infeasible(
-                run_id, reason, trial.user_attrs["params"], trial.user_attrs["macs"]
-            )
-            # Accuracy 0: an infeasible architecture must never look better than a feasible one,
-            # also to samplers that ignore constraints (random).
-            return 0.0, complexity
-
-        twin = _evaluated_twin(trial, trial.user_attrs["identity"])
-        if twin is not None:
-            result = _result_of(twin)
-            trial.set_user_attr("duplicate_of", twin.number)
-        else:
-            callbacks: list[pl.Callback] = [_EpochCallback(on_epoch)] if on_epoch else []
-            if cfg.pruning.method == "pareto":
-                rule = PruneRule(
-                    cfg.pruning.margin, cfg.pruning.min_better, cfg.pruning.warmup_epochs
-                )
-                callbacks.append(ParetoPruner(trial, cfg.study.complexity, complexity, rule))
-            elif cfg.pruning.method in SINGLE_OBJECTIVE_PRUNERS:
-                callbacks.append(OptunaPruning(trial))
-            train_cfg = cfg.train.to_train_config(cfg.study.seed, augment=augment)
-            result = self._fit_within_memory(trial, spec, train_cfg, callbacks)
-            if result is None:
-                reason = trial.user_attrs["infeasible"]
-                self.tracker.finish_infeasible(
-                    run_id, reason, trial.user_attrs["params"], trial.user_attrs["macs"]
-                )
-                return 0.0, complexity
-            _check_finite(result)
-        for key, value in result.metrics().items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("curves", result.curves)
-        if twin is None:
-            # The weights go with the run, so the front can be registered without retraining.
-            self.tracker.log_model(run_id, result.model, self.model_extra(trial.number))
-        self.tracker.finish_trial(
-            run_id, result, duplicate_of=twin.number if twin is not None else None
-        )
-        if cfg.study.complexity == "macs" and spec.adaptive_depth:
-            # An adaptive-depth network costs what its images actually ran, measured on the
-            # validation set; budgets above still used the full count, before training.
-            complexity = float(result.executed_macs)
-        return result.val_acc, complexity
+        return TrialContext(self.cfg, self.data, self.trainer, self.records, save_model)
 
 
-CONSTRAINTS_ATTR = "constraints"
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
-def _release_memory() -> None:
-    """Frees what a failed trial held on the GPU before the next trial allocates."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def constraints(trial: FrozenTrial) -> list[float]:
-    """Optuna's constraints_func: the budget violations stored by the objective (> 0: over)."""
-    return list(trial.user_attrs.get(CONSTRAINTS_ATTR, [0.0, 0.0]))
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    return all(v <= 0 for v in constraints(trial))
-
-
-def trial_curves(trial: optuna.Trial | FrozenTrial) -> dict[str, list[float]]:
-    return dict(trial.user_attrs.get("curves", {}))
-
-
-def _over_budget(params: int, macs: int, cfg: StudyConfig) -> str:
-    parts = []
-    if cfg.study.max_params and params > cfg.study.max_params:
-        parts.append(f"{params:,} parameters > study.max_params {cfg.study.max_params:,}")
-    if cfg.study.max_macs and macs > cfg.study.max_macs:
-        parts.append(f"{macs:,} MACs > study.max_macs {cfg.study.max_macs:,}")
-    return "over budget: " + "; ".join(parts)
-
-
-def _evaluated_twin(trial: optuna.Trial, identity: str) -> FrozenTrial | None:
-    """A complete, trained trial of this study with the same network and augmentation."""
-    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = other.user_attrs
-        if a.get("identity") == identity and "val_acc" in a and "infeasible" not in a:
-            return other
-    return None
-
-
-def _result_of(trial: FrozenTrial) -> TrialResult:
-    """The recorded result of a trained trial, as the trainer returned it."""
-    a = trial.user_attrs
-    names = ("val_acc", "val_loss", "train_acc", "train_loss", "ratio", "seconds")
-    return TrialResult(
-        **{n: float(a[n]) for n in names},
-        params=int(a["params"]),
-        macs=int(a["macs"]),
-        executed_macs=float(a.get("executed_macs", a["macs"])),
-        epochs=int(a["epochs"]),
-        curves={k: list(v) for k, v in a.get("curves", {}).items()},
-    )
-
-
-class StudyMismatch(ValueError):
-    """An existing study cannot be resumed with this config."""
-
-
-def jsonable(value: Any) -> Any:
-    """Tuples become lists, recursively (a config as JSON and YAML write it)."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def _device_name(train_cfg: TrainConfig) -> str:
-    if train_cfg.accelerator != "cpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return "cpu"
-
-
-def _check_finite(result: TrialResult) -> None:
-    bad = [k for k, v in result.metrics().items() if not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"training diverged: {', '.join(bad)} not finite")
-
-
-class _EpochCallback(pl.Callback):
-    """Passes each finished epoch's metrics to a progress function."""
-
-    def __init__(self, fn: Callable[[int, dict[str, float]], None]) -> None:
-        self.fn = fn
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
-        self.fn(trainer.current_epoch, {k: v[-1] for k, v in module.curves.items() if v})
-
-
-def prepare(cfg: StudyConfig, *, data_dir: str | None = None) -> StudyRun:
+def prepare(cfg: StudyConfig, *, trainer: Trainer = fit) -> StudyRun:
     """Checks everything the study needs; raises before anything is written."""
-    if data_dir is not None:
-        cfg = cfg.replace("data", data_dir=data_dir)
-    mlflow_cfg = load_mlflow_config(cfg.mlflow)
+    mlflow_cfg = cfg.mlflow_config()
     check_storage(cfg)
     if cfg.pruning.method in SINGLE_OBJECTIVE_PRUNERS and cfg.study.objective != "accuracy":
         raise ConfigError(
@@ -642,199 +313,281 @@ def prepare(cfg: StudyConfig, *, data_dir: str | None = None) -> StudyRun:
             f"({NO_FLIP[cfg.data.dataset]}); set it to false"
         )
     data = load_dataset(cfg.data.dataset, **cfg.data.load_kwargs(), seed=cfg.study.seed)
-    return StudyRun(cfg=cfg, mlflow_cfg=mlflow_cfg, data=data)
+    return StudyRun(cfg=cfg, mlflow_cfg=mlflow_cfg, data=data, trainer=trainer)
 
 
-class StartLock:
-    """Serialises "count the trials, then create the next one" among all workers of a study.
+# --- one trial ------------------------------------------------------------------------------------
 
-    A PostgreSQL session advisory lock for a database storage (released by the server if the
-    worker dies), an exclusive ``flock`` on a file beside a local storage (released by the
-    kernel if the worker dies). Re-entrant release: releasing an unheld lock does nothing.
+
+def _start(run: StudyRun, trial: optuna.Trial, proposal: Proposal) -> str:
+    """Writes what is known before training (the trial's architecture and budgets) and opens
+    the trial's MLflow run; returns its id."""
+    cfg = run.cfg
+    train_cfg = cfg.train.to_train_config(cfg.study.seed, augment=proposal.augment)
+    violations = budget_violations(proposal, cfg)
+    for key, value in (
+        (ATTR.spec, proposal.spec.to_dict()),
+        (ATTR.spec_hash, proposal.spec.spec_hash()),
+        (ATTR.identity, proposal.identity),
+        (ATTR.augment, proposal.augment),
+        (ATTR.params, proposal.params),
+        (ATTR.macs, proposal.macs),
+        (ATTR.device, device_name(train_cfg)),
+        (ATTR.constraints, list(violations.values())),
+    ):
+        trial.set_user_attr(key, value)
+    # Samplers learn feasibility from these (> 0: over budget), before any training.
+    for key, value in violations.items():
+        trial.set_constraint(key, value)
+    run_id = run.tracker.start_trial(run.parent_run_id, cfg.study.name, trial.number, proposal.spec)
+    trial.set_user_attr(ATTR.run_id, run_id)
+    return run_id
+
+
+def _values(run: StudyRun, accuracy: float, complexity: float) -> list[float]:
+    return [accuracy] if run.cfg.study.objective == "accuracy" else [accuracy, complexity]
+
+
+def _result_attrs(metrics: dict[str, float], curves: dict[str, list[float]]) -> dict[str, Any]:
+    return {**metrics, ATTR.curves: curves}
+
+
+def _last(curves: dict[str, list[float]]) -> dict[str, float]:
+    return {k: float(v[-1]) for k, v in curves.items() if v}
+
+
+def record(
+    run: StudyRun,
+    trial: optuna.Trial,
+    proposal: Proposal | None,
+    run_id: str | None,
+    outcome: Outcome,
+) -> None:
+    """Writes a decided outcome to the trial (``study.tell``) and closes its MLflow run: the one
+    place where either happens. ``proposal`` and ``run_id`` are None only for a trial that
+    failed before its architecture or its run existed."""
+    axis = run.cfg.study.complexity
+    complexity = proposal.complexity(axis) if proposal is not None else 0.0
+    tags: dict[str, str] = {}
+    attrs: dict[str, Any]
+    curves: dict[str, list[float]] | None = None
+    if isinstance(outcome, Trained):
+        r = outcome.result
+        attrs = {**_result_attrs(r.metrics(), r.curves), **outcome.notes}
+        if axis == "macs" and proposal.spec.adaptive_depth:
+            # An adaptive-depth network costs what its images actually ran, measured on the
+            # validation set; budgets above still used the full count, before training.
+            complexity = float(r.executed_macs)
+        state, values, status = TrialState.COMPLETE, _values(run, r.val_acc, complexity), "FINISHED"
+        metrics = {k: r.metrics()[k] for k in ("params", "macs", "ratio", "seconds", "epochs")}
+    elif isinstance(outcome, Duplicate):
+        twin = outcome.twin
+        attrs = {
+            **_result_attrs({k: v for k, v in twin.attrs.items() if k in METRICS}, twin.curves),
+            ATTR.duplicate_of: twin.number,
+        }
+        if axis == "macs" and twin.executed_macs is not None:
+            complexity = float(twin.executed_macs)
+        state, values, status = (
+            TrialState.COMPLETE,
+            _values(run, twin.val_acc, complexity),
+            "FINISHED",
+        )
+        metrics = {
+            k: float(twin.attrs[k]) for k in ("params", "macs", "ratio", "seconds", "epochs")
+        }
+        curves = twin.curves  # not trained: the twin's history, logged in one batch
+        tags["cnnas.duplicate_of"] = str(twin.number)
+    elif isinstance(outcome, Infeasible):
+        attrs = {ATTR.infeasible: outcome.reason, **outcome.notes}
+        # Accuracy 0: an infeasible architecture must never look better than a feasible one,
+        # also to samplers that ignore constraints (random).
+        state, values, status = TrialState.COMPLETE, _values(run, 0.0, complexity), "FINISHED"
+        metrics = {"params": float(proposal.params), "macs": float(proposal.macs)}
+        tags["cnnas.infeasible"] = outcome.reason
+    elif isinstance(outcome, Pruned):
+        attrs = {
+            ATTR.pruned: outcome.reason,
+            ATTR.pruned_epoch: outcome.epoch,
+            ATTR.curves: outcome.curves,
+            **{k: v for k, v in _last(outcome.curves).items() if k in METRICS},
+        }
+        state, values, status = TrialState.PRUNED, None, "KILLED"
+        metrics = {}
+        tags["cnnas.pruned"] = outcome.reason
+    else:
+        attrs = {ATTR.failure: outcome.reason, ATTR.curves: outcome.curves}
+        if outcome.interrupted:
+            attrs[ATTR.interrupted] = True
+        state, values = TrialState.FAIL, None
+        status = "KILLED" if outcome.interrupted else "FAILED"
+        metrics = {}
+        tags["cnnas.failure"] = outcome.reason
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    # Optuna first: the study is the source of truth, and a run left RUNNING by a crash between
+    # the two is closed when the study is next opened.
+    # skip_if_finished: another worker may have failed this trial as stale meanwhile.
+    run.study.tell(trial, values=values, state=state, skip_if_finished=True)
+    if run_id is not None:
+        run.tracker.end_trial(run_id, status, metrics=metrics, curves=curves, tags=tags)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Holds back Ctrl-C while a block writes to both stores, then raises it.
+
+    A second Ctrl-C while an interrupted trial is being recorded would otherwise leave the trial
+    RUNNING in Optuna or its run RUNNING in MLflow. Only the main thread can handle signals;
+    elsewhere the block runs as it is.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
-    def __init__(self, cfg: StudyConfig) -> None:
-        self.cfg = cfg
-        self._held = False
-        self._conn: Any = None
-        self._engine: Any = None
-        self._file: Any = None
-        url = cfg.study.storage
-        self._pg = bool(url) and url.startswith("postgresql")
-        # Advisory locks take a 64-bit key: the study's name, hashed.
-        self._key = zlib.crc32(f"cnnas:{cfg.study.name}".encode())
 
-    def _lock_path(self) -> Path:
-        url = self.cfg.study.storage
-        if url and url.startswith("sqlite:///"):
-            return Path(url.removeprefix("sqlite:///") + f".{self.cfg.study.name}.lock")
-        if url:
-            # Another database without advisory locks: a lock file serves one machine only.
-            return Path(self.cfg.study.project_dir) / f".{self.cfg.study.name}.lock"
-        return Path(storage_location(self.cfg) + f".{self.cfg.study.name}.lock")
+@contextmanager
+def _heartbeat(run: StudyRun, trial: optuna.Trial) -> Iterator[None]:
+    """While the trial trains, a database storage hears from it every heartbeat interval, so a
+    worker that dies is noticed (Optuna's optimize() does the same; ask() leaves it to us)."""
+    storage = run.storage
+    interval = run.cfg.study.heartbeat_interval
+    if not run.cfg.study.storage or not hasattr(storage, "record_heartbeat"):
+        yield
+        return
+    trial_id = trial._trial_id  # noqa: SLF001 -- Optuna's heartbeat API takes the storage id
+    stop = threading.Event()
 
-    def acquire(self) -> None:
-        if self._held:
-            return
-        if self._pg:
-            import sqlalchemy
+    def beat() -> None:
+        while not stop.wait(interval):
+            storage.record_heartbeat(trial_id)
 
-            if self._engine is None:
-                self._engine = sqlalchemy.create_engine(
-                    self.cfg.study.storage,
-                    poolclass=sqlalchemy.pool.NullPool,
-                    **_engine_kwargs(self.cfg.study.storage),
-                )
-                self._conn = self._engine.connect()
-            self._conn.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({self._key})"))
-            self._conn.commit()
-        else:
-            import fcntl
+    # At once, not after the first interval: a trial that never beat is never found stale.
+    storage.record_heartbeat(trial_id)
+    thread = threading.Thread(target=beat, name=f"cnnas-heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
-            if self._file is None:
-                path = self._lock_path()
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(path, "a+")  # noqa: SIM115 -- held across calls
-            fcntl.flock(self._file, fcntl.LOCK_EX)
-        self._held = True
 
-    def release(self) -> None:
-        if not self._held:
-            return
-        self._held = False
-        if self._pg:
-            import sqlalchemy
+def run_trial(
+    run: StudyRun, lock: StartLock, on_epoch: EpochFn | None = None
+) -> tuple[FrozenTrial, Outcome] | None:
+    """Runs the study's next trial, or returns None when the study has its total.
 
-            self._conn.execute(sqlalchemy.text(f"SELECT pg_advisory_unlock({self._key})"))
-            self._conn.commit()
-        else:
-            import fcntl
-
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-
-    def close(self) -> None:
+    Counting the trials and creating the next one happen under the study-wide start lock, so two
+    workers that both see one trial missing never both start one.
+    """
+    if run.cfg.study.storage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(run.study)
+    with lock:
+        recs = run.records()
+        # Running and queued (retried) trials count: each is some worker's to finish.
+        wanted = run.cfg.study.trials - counted_trials(
+            recs, (*COUNTED_STATES, TrialState.RUNNING, TrialState.WAITING)
+        )
+        if wanted <= 0 and not any(r.state == TrialState.WAITING for r in recs):
+            return None
+        with warnings.catch_warnings():
+            # Optuna warns that its heartbeat is meant for optimize(); _heartbeat sends it here.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = run.study.ask()
+        trial.set_user_attr(ATTR.worker, worker_id())
+    proposal: Proposal | None = None
+    run_id: str | None = None
+    outcome: Outcome | None = None
+    with _heartbeat(run, trial):
         try:
-            self.release()
-        finally:
-            if self._conn is not None:
-                self._conn.close()
-                self._engine.dispose()
-                self._conn = self._engine = None
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            proposal = propose(trial, run.cfg, run.data)
+            run_id = _start(run, trial, proposal)
+        except Exception as e:  # a space that no longer fits the stored study, a tracking error
+            outcome = Failed(f"{type(e).__name__}: {e}")
+        except KeyboardInterrupt:
+            outcome = Failed(_INTERRUPTED, interrupted=True)
+        if outcome is None:
+            on_epoch_live = _live(run, run_id, on_epoch)
+            outcome = evaluate(run.context(trial, run_id), trial, proposal, on_epoch_live)
+    with deferred_interrupts():
+        record(run, trial, proposal, run_id, outcome)
+    return run.study.get_trials(deepcopy=False)[trial.number], outcome
 
 
-class StudyFailing(RuntimeError):
-    """Too many trials in a row failed; going on would burn the budget."""
+def _live(run: StudyRun, run_id: str, on_epoch: EpochFn | None) -> EpochFn:
+    """Each finished epoch goes to the trial's MLflow run at once (the UI draws a running trial's
+    curves), then to the caller's progress function."""
+
+    def epoch(index: int, values: dict[str, float]) -> None:
+        run.tracker.log_epoch(run_id, index, values)
+        if on_epoch is not None:
+            on_epoch(index, values)
+
+    return epoch
 
 
 def run_study(
     run: StudyRun,
     *,
-    on_trial: Callable[[StudyRun, FrozenTrial], None] | None = None,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_trial: TrialFn | None = None,
+    on_epoch: EpochFn | None = None,
     timeout: float | None = None,
     shared: bool = False,
 ) -> optuna.Study:
-    """Runs trials until the study has ``cfg.study.trials`` finished ones (or ``timeout``).
+    """Runs trials until the study has ``cfg.study.trials`` counted ones (or ``timeout``).
 
-    Trials are started one at a time, under the study's :class:`StartLock`, while finished,
-    running and queued trials fall short of the total, so workers on other machines or
-    processes never overshoot it; queued retries are always run. ``shared``: this is one of
-    several workers, so the parent run is left to the process that started the study.
+    Queued retries are always run. ``shared``: this is one of several workers, so the parent
+    run is left to the process that started the study.
     """
     if run.study is None:
         run.open()
     cfg = run.cfg
-    failures: list[str] = []
     limit = timeout if timeout is not None else cfg.study.timeout
-
-    def after(study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL:
-            failures.append(trial.user_attrs.get("fail_reason", "unknown error"))
-            if len(failures) >= cfg.study.max_failures:
-                study.stop()
-        else:
-            failures.clear()
-        if on_trial is not None:
-            on_trial(run, trial)
-
+    failures: list[str] = []
     start = time.perf_counter()
     status = "FINISHED"
-
-    def left() -> float | None:
-        return None if limit is None else max(limit - (time.perf_counter() - start), 0.0)
-
-    def wanted() -> int:
-        # Running and queued (retried) trials count: each is some worker's to finish.
-        states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
-        return cfg.study.trials - counted_trials(run.study, states)
-
-    def queued() -> bool:
-        return bool(run.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-
-    lock = StartLock(run.cfg)
+    lock = StartLock(cfg)
     try:
         run.fail_dead_local_trials()
-        # One trial at a time, each started under the study's start lock: counting the trials
-        # and creating the next one must be one step, or two workers that both see one trial
-        # missing would both start one. The objective releases the lock once its trial exists.
-        while len(failures) < cfg.study.max_failures and (limit is None or left() > 0):
-            lock.acquire()
-            if wanted() <= 0 and not queued():
-                lock.release()
+        while len(failures) < cfg.study.max_failures and (
+            limit is None or time.perf_counter() - start < limit
+        ):
+            done = run_trial(run, lock, on_epoch)
+            if done is None:
                 break
-            run.start_lock = lock
-            try:
-                run.study.optimize(
-                    lambda t: run.objective(t, on_epoch),
-                    n_trials=1,
-                    timeout=left(),
-                    catch=(Exception,),
-                    callbacks=[after],
-                )
-            finally:
-                run.start_lock = None
-                lock.release()
+            trial, outcome = done
+            if isinstance(outcome, Failed):
+                failures.append(outcome.reason)
+            else:
+                failures.clear()
+            if on_trial is not None:
+                on_trial(run, trial)
+            if isinstance(outcome, Failed) and outcome.interrupted:
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         lock.close()
         if not shared:
-            counts = state_counts(run.study)
-            counts["wall_seconds"] = time.perf_counter() - start
-            run.tracker.end_parent(run.parent_run_id, counts, status)
+            run.end_parent(status, time.perf_counter() - start)
     if len(failures) >= cfg.study.max_failures:
         raise StudyFailing(
             f"{len(failures)} trials failed in a row (study.max_failures = "
             f"{cfg.study.max_failures}); last error: {failures[-1]}"
         )
     return run.study
-
-
-def counted_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
-    """Trials in ``states``, leaving out failures that were queued again (the retry counts)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-    return sum(
-        t.state in states and not (t.state == TrialState.FAIL and t.number in retried)
-        for t in trials
-    )
-
-
-def state_counts(study: optuna.Study) -> dict[str, float]:
-    """Trials by state, and how many complete ones were infeasible or repeats."""
-    counts = {f"trials_{s.name.lower()}": 0.0 for s in (*FINISHED, TrialState.RUNNING)}
-    counts["trials_infeasible"] = counts["trials_duplicate"] = 0.0
-    for t in study.get_trials(deepcopy=False):
-        key = f"trials_{t.state.name.lower()}"
-        if key in counts:
-            counts[key] += 1
-        counts["trials_infeasible"] += "infeasible" in t.user_attrs
-        counts["trials_duplicate"] += "duplicate_of" in t.user_attrs
-    return counts
 
 
 def replace_cfg(cfg: StudyConfig, **study_changes: Any) -> StudyConfig:

@@ -18,24 +18,32 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from models import ArchSpec, save_model
-from objectives import TrialResult
+from cnnas.models import ArchSpec, save_model
+from cnnas.objectives import TrialResult
 
 from ._config import MlflowConfig
 
-__all__ = ["Tracker", "flatten", "tracking_uri"]
+__all__ = ["FINAL_METRICS", "Tracker", "flatten", "tracking_uri"]
 
 # MLflow's limits per log_batch call.
 _MAX_PARAMS, _MAX_METRICS = 100, 1000
 _TAG_LIMIT = 5000
+# The scalar metrics a trial's run ends with (its curves hold val_acc, train_loss, ...).
+FINAL_METRICS = ("params", "macs", "ratio", "seconds", "epochs")
 
 
-def tracking_uri(cfg: MlflowConfig, project_dir: Path) -> str:
-    """The configured URI, or a SQLite database in the project folder."""
-    return cfg.tracking_uri or f"sqlite:///{(project_dir / 'mlflow.db').resolve()}"
+def tracking_uri(cfg: MlflowConfig, project_dir: str | Path) -> str:
+    """Where the runs go: mlflow.yml's ``tracking_uri`` when it names one (an explicit choice
+    in the project's file), else ``$MLFLOW_TRACKING_URI`` (MLflow's own convention, so MLflow's
+    tools and cnnas agree), else a SQLite database in the project folder."""
+    return (
+        cfg.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{(Path(project_dir) / 'mlflow.db').resolve()}"
+    )
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -163,6 +171,11 @@ class Tracker:
         self.client.log_batch(run_id, metrics=metrics)
         self.client.set_terminated(run_id, status=status)
 
+    def end_fit(self, run_id: str, result: TrialResult) -> None:
+        """Closes a run that trained without live logging: its whole history and final metrics."""
+        metrics = {k: float(getattr(result, k)) for k in FINAL_METRICS}
+        self.end_trial(run_id, "FINISHED", metrics=metrics, curves=result.curves)
+
     # --- one run per trial --------------------------------------------------------------------
 
     def start_trial(
@@ -195,24 +208,11 @@ class Tracker:
         self.client.log_dict(run_id, spec.to_dict(), "spec.json")
         return run_id
 
-    def finish_trial(
-        self, run_id: str, result: TrialResult, *, duplicate_of: int | None = None
-    ) -> None:
-        """Logs the per-epoch curves and the final metrics in one batch and closes the run.
-
-        ``duplicate_of`` marks a run whose architecture was not trained again: its values are
-        those of the earlier trial it names.
-        """
-        if duplicate_of is not None:
-            tag = RunTag("cnnas.duplicate_of", str(duplicate_of))
-            self.client.log_batch(run_id, tags=[tag])
+    def log_epoch(self, run_id: str, epoch: int, values: Mapping[str, float]) -> None:
+        """One finished epoch's values as metric steps, so a running trial's curves show live."""
         now = int(time.time() * 1000)
-        metrics = _curve_metrics(result.curves, now)
-        for name in ("params", "macs", "ratio", "seconds", "epochs"):
-            metrics.append(Metric(name, float(getattr(result, name)), now, 0))
-        for chunk in _chunks(metrics, _MAX_METRICS):
-            self.client.log_batch(run_id, metrics=chunk)
-        self.client.set_terminated(run_id, status="FINISHED")
+        metrics = [Metric(k, float(v), now, epoch) for k, v in values.items()]
+        self.client.log_batch(run_id, metrics=metrics)
 
     def log_metrics(self, run_id: str, values: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
@@ -226,34 +226,23 @@ class Tracker:
             self.client.log_artifacts(run_id, tmp, "model")
         return meta
 
-    def finish_pruned(self, run_id: str, curves: Mapping[str, list[float]], reason: str) -> None:
-        """Closes the run of a trial stopped early: its curves so far, the reason, KILLED."""
+    def end_trial(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        curves: Mapping[str, Sequence[float]] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Closes a trial's run: its final metrics, any curves not logged live, and its tags in
+        as few batches as MLflow allows, then the status (FINISHED, KILLED or FAILED)."""
         now = int(time.time() * 1000)
-        metrics = _curve_metrics(curves, now)
-        for chunk in _chunks(metrics, _MAX_METRICS):
-            self.client.log_batch(run_id, metrics=chunk)
-        self.client.log_batch(run_id, tags=[RunTag("cnnas.pruned", reason[:_TAG_LIMIT])])
-        self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.KILLED))
-
-    def finish_infeasible(self, run_id: str, reason: str, params: int, macs: int) -> None:
-        """Closes the run of an architecture rejected before training."""
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            run_id,
-            metrics=[Metric("params", float(params), now, 0), Metric("macs", float(macs), now, 0)],
-            tags=[RunTag("cnnas.infeasible", reason[:_TAG_LIMIT])],
-        )
-        self.client.set_terminated(run_id, status="FINISHED")
-
-    def fail_trial(self, run_id: str, reason: str, *, killed: bool = False) -> None:
-        self.client.log_batch(run_id, tags=[RunTag("cnnas.failure", reason[:_TAG_LIMIT])])
-        status = RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED)
+        batch = _curve_metrics(curves or {}, now)
+        batch += [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        run_tags = [RunTag(k, str(v)[:_TAG_LIMIT]) for k, v in (tags or {}).items()]
+        chunks = list(_chunks(batch, _MAX_METRICS)) or [[]]
+        for i, chunk in enumerate(chunks):
+            if chunk or (run_tags and i == 0):
+                self.client.log_batch(run_id, metrics=chunk, tags=run_tags if i == 0 else [])
         self.client.set_terminated(run_id, status=status)
-
-    def trial_runs(self, parent_id: str) -> list:
-        """Every child run of the study's parent run."""
-        return self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-            max_results=50000,
-        )

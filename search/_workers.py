@@ -36,47 +36,40 @@ def plan_workers(workers: int | None, devices: Sequence[str] | None) -> list[Wor
     return [WorkerPlan(i, None, threads) for i in range(n)]
 
 
-def _worker(cfg_dict: dict[str, Any], plan: WorkerPlan, data_dir: str | None) -> None:
+def _worker(cfg_dict: dict[str, Any], plan: WorkerPlan) -> None:
     if plan.device is not None:
         # Before torch initialises CUDA: this process sees its one GPU as cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = plan.device
-    import logging
-
-    import optuna
     import torch
 
+    from ._quiet import quiet_libraries
+
     torch.set_num_threads(plan.threads)
-    # As in the CLI's own process: a line per trial, not the libraries' INFO chatter.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_libraries()  # as in the CLI's own process
     from ._config import StudyConfig
+    from ._records import TrialRecord
     from ._study import prepare, run_study
 
     cfg = StudyConfig.from_dict(cfg_dict)
-    # Each worker samples from its own seed: the same seed would propose the same architectures.
-    cfg = cfg.replace("study", seed=cfg.study.seed + 1000 * (plan.index + 1))
     if plan.device is not None:
         cfg = cfg.replace("train", accelerator="gpu")
-    run = prepare(cfg, data_dir=data_dir)
+    run = prepare(cfg)
+    # A sampler seed of its own: the same seed would propose the same architectures.
+    run.worker = f"worker-{plan.index}"
 
     def line(run_: Any, trial: Any) -> None:
-        state = trial.state.name
-        acc = trial.user_attrs.get("val_acc")
-        shown = f"val_acc {acc:.4f}" if acc is not None and state == "COMPLETE" else state
+        r = TrialRecord.from_trial(trial)
+        shown = f"val_acc {r.val_acc:.4f}" if r.trained else r.state.name
         print(f"[worker {plan.index}] trial {trial.number}: {shown}", flush=True)
 
     run_study(run, on_trial=line, shared=True)
 
 
-def run_workers(
-    cfg_dict: dict[str, Any], plans: Sequence[WorkerPlan], data_dir: str | None = None
-) -> list[int]:
+def run_workers(cfg_dict: dict[str, Any], plans: Sequence[WorkerPlan]) -> list[int]:
     """Runs the workers to completion; returns each one's exit code (0: finished normally)."""
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(cfg_dict, p, data_dir), name=f"cnnas-worker-{p.index}")
+        ctx.Process(target=_worker, args=(cfg_dict, p), name=f"cnnas-worker-{p.index}")
         for p in plans
     ]
     for p in procs:
