@@ -16,7 +16,6 @@ from ._ablation import (
     seed_ratio,
     vgg_spec,
 )
-from ._cli import ABLATION_PRESETS, HEADS_PRESETS, add_ablation_parser, add_heads_parser
 from ._common import ExperimentLog, ModelRun, train_model
 from ._heads import (
     VARIANTS,
@@ -39,7 +38,7 @@ from ._layer_skip import (
     run_layer_skip,
     write_report,
 )
-from ._layer_skip_cli import add_layer_skip_parser, cmd_layer_skip
+from ._presets import ABLATION_PRESETS, HEADS_PRESETS
 
 __all__ = [
     "ABLATION_PRESETS",
@@ -65,10 +64,6 @@ __all__ = [
     "VariantResult",
     "ablation_grid",
     "ablation_spec",
-    "add_ablation_parser",
-    "add_heads_parser",
-    "add_layer_skip_parser",
-    "cmd_layer_skip",
     "effective_rank",
     "head_spec",
     "linear_cka",

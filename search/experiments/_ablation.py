@@ -24,12 +24,21 @@ from typing import Any, TextIO
 import matplotlib.pyplot as plt
 import torch
 
-from models import ArchSpec, ConvBlock, DenseLayer, count_macs, count_params
-from objectives import ImageData, TrainConfig
+from cnnas.models import ArchSpec, ConvBlock, DenseLayer
+from cnnas.objectives import ImageData, TrainConfig, confusion_matrix, logits_in_batches
 
-from .._registry import confusion_matrix
 from .._space import max_pools
-from ._common import Column, ExperimentLog, ModelRun, plot_curves, stamp, train_model, write_table
+from ._common import (
+    Column,
+    ExperimentLog,
+    ModelQueue,
+    ModelRun,
+    plot_curves,
+    publish_report,
+    scored_test_set,
+    start_log,
+    write_table,
+)
 
 __all__ = [
     "FACTORS",
@@ -309,14 +318,10 @@ def plot_misclassified(
     model: torch.nn.Module, data: ImageData, path: Path, *, limit: int | None, count: int = 24
 ) -> tuple[Path, int]:
     """A gallery of the first ``count`` misclassified test images: true -> predicted."""
-    x, y = data.test_x, data.test_y
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
+    x, y = scored_test_set(data, limit)
     c = x.shape[1]
-    mean = torch.tensor(data.mean).view(1, c, 1, 1)
-    std = torch.tensor(data.std).view(1, c, 1, 1)
-    model.eval()
-    pred = torch.cat([model((xb.float() - mean) / std).argmax(1) for xb in x.split(1024)])
+    batches = logits_in_batches(model, x, y, data.mean, data.std)
+    pred = torch.cat([logits.argmax(1).cpu() for logits, _ in batches])
     wrong = (pred != y).nonzero().flatten()[:count]
     cols = 8
     rows = max(1, math.ceil(len(wrong) / cols))
@@ -398,6 +403,10 @@ def _group_best(rows: Sequence[dict[str, Any]]) -> list[str]:
     return ["| factor group | best test accuracy | best Ratio |", "|---|---|---|", *lines]
 
 
+# One model to train: its name, spec and the labels its child run carries.
+_Job = tuple[str, ArchSpec, dict[str, Any]]
+
+
 def run_ablation(
     data: ImageData,
     settings: AblationSettings,
@@ -409,59 +418,70 @@ def run_ablation(
 ) -> AblationResult:
     """Trains the grid and the VGG baselines; writes table, plots and report into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = _jobs(data, settings)
+    start_log(log, "ablation", data, _log_config(data, settings))
+    queue = ModelQueue(len(jobs), settings.train, log, test_limit=settings.test_limit, out=out)
+    runs = [
+        queue.train(name, spec, data, labels=labels, sizes=True, metrics=_ratio_metric)
+        for name, spec, labels in jobs
+    ]
+    rows = [_row(i, run) for i, run in enumerate(runs)]
+    table_md = _write_summary(runs, rows, data, out_dir)
+    best = _inspect_best(runs, data, settings.test_limit, out_dir)
+    verdicts = _verdicts(rows, settings.tolerance)
+    report = publish_report(
+        out_dir,
+        _report(data, settings, rows, table_md, best, verdicts, command),
+        verdicts,
+        log,
+        {"models": len(runs), "best_val_acc": best.val_acc, "best_test_acc": best.test_acc},
+        out,
+    )
+    return AblationResult(tuple(runs), tuple(rows), best.name, tuple(verdicts), report)
+
+
+def _jobs(data: ImageData, settings: AblationSettings) -> list[_Job]:
+    """``(name, spec, labels)`` of every model in training order: the grid, then the VGGs."""
     shape, n_cls = data.input_shape, data.num_classes
-    variants = ablation_grid(settings.base, settings.factors)
-    jobs: list[tuple[str, ArchSpec, dict[str, Any]]] = []
-    for v in variants:
-        spec = ablation_spec(v.settings, shape, n_cls)
+    jobs: list[_Job] = []
+    for v in ablation_grid(settings.base, settings.factors):
         labels = {
             "factor": v.factor,
             "value": _value_text(v.factor, v.value) if v.factor != "base" else "",
             "description": describe(v.settings),
         }
-        jobs.append((v.name, spec, labels))
+        jobs.append((v.name, ablation_spec(v.settings, shape, n_cls), labels))
+    w = "" if settings.vgg_width == 1 else f" (width x{settings.vgg_width:g})"
     for depth in settings.vgg:
         spec = vgg_spec(
             depth, shape, n_cls, width=settings.vgg_width, dense_width=settings.vgg_dense
         )
-        w = "" if settings.vgg_width == 1 else f" (width x{settings.vgg_width:g})"
         labels = {"factor": "literature", "value": f"VGG{depth}", "description": f"VGG{depth}{w}"}
         jobs.append((f"VGG{depth}", spec, labels))
+    return jobs
 
-    if log is not None:
-        log.start(
-            f"ablation-{stamp()}",
-            {
-                "dataset": data.name,
-                "train_images": len(data.train_y),
-                "test_images": settings.test_limit or len(data.test_y),
-                "base": dataclasses.asdict(settings.base),
-                "factors": {k: [str(v) for v in vs] for k, vs in settings.factors.items()},
-                "vgg": list(settings.vgg),
-                "train": dataclasses.asdict(settings.train),
-            },
-        )
-    runs: list[ModelRun] = []
-    rows: list[dict[str, Any]] = []
-    for i, (name, spec, labels) in enumerate(jobs):
-        print(
-            f"[{i + 1:>2}/{len(jobs)}] {name}: {spec.summary()}  "
-            f"({count_params(spec):,} params, {count_macs(spec):,} MACs)",
-            file=out,
-            flush=True,
-        )
-        run = train_model(
-            name, spec, data, settings.train, test_limit=settings.test_limit, labels=labels, out=out
-        )
-        runs.append(run)
-        row = _row(i, run)
-        rows.append(row)
-        if log is not None:
-            log.log_model(
-                run,
-                {"test_acc": run.test_acc, "test_loss": run.test_loss, "seed_ratio": row["ratio"]},
-            )
 
+def _log_config(data: ImageData, settings: AblationSettings) -> dict[str, Any]:
+    """The parent run's parameters besides the dataset's."""
+    return {
+        "test_images": settings.test_limit or len(data.test_y),
+        "base": dataclasses.asdict(settings.base),
+        "factors": {k: [str(v) for v in vs] for k, vs in settings.factors.items()},
+        "vgg": list(settings.vgg),
+        "train": dataclasses.asdict(settings.train),
+    }
+
+
+def _ratio_metric(run: ModelRun) -> dict[str, float]:
+    """The seed's Ratio, logged with each child run."""
+    return {"seed_ratio": seed_ratio(run.result.train_acc, run.result.params)}
+
+
+def _write_summary(
+    runs: Sequence[ModelRun], rows: Sequence[dict[str, Any]], data: ImageData, out_dir: Path
+) -> str:
+    """Writes the summary table, the per-epoch curves and accuracy against size; returns the
+    table as Markdown."""
     _, _, table_md = write_table(rows, COLUMNS, out_dir, "summary", footer=RATIO_FOOTER)
     plot_curves(
         runs,
@@ -475,36 +495,36 @@ def run_ablation(
         title=f"Seed 003 ablation on {data.name}",
     )
     _plot_acc_params(rows, out_dir / "accuracy_vs_params.png")
-    # The best model is chosen on validation accuracy: choosing on test would overstate it.
-    best_i = max(range(len(runs)), key=lambda i: runs[i].result.val_acc)
-    best = runs[best_i]
-    tx, ty = data.test_x, data.test_y
-    if settings.test_limit is not None:
-        tx, ty = tx[: settings.test_limit], ty[: settings.test_limit]
-    assert best.result.model is not None
-    acc, matrix = confusion_matrix(best.result.model, tx, ty, data.mean, data.std, n_cls)
+    return table_md
+
+
+@dataclass(frozen=True)
+class _Best:
+    """The model with the best validation accuracy, looked at closely on the test images."""
+
+    name: str
+    val_acc: float
+    # Accuracy on the scored test images, how many of them it got wrong, how many were scored.
+    test_acc: float
+    wrong: int
+    tested: int
+
+
+def _inspect_best(
+    runs: Sequence[ModelRun], data: ImageData, limit: int | None, out_dir: Path
+) -> _Best:
+    """Draws the confusion matrix and the misclassified gallery of the best model."""
+    # Chosen on validation accuracy: choosing on test would overstate it.
+    best = max(runs, key=lambda r: r.result.val_acc)
+    model = best.result.model
+    assert model is not None
+    tx, ty = scored_test_set(data, limit)
+    acc, matrix = confusion_matrix(model, tx, ty, data.mean, data.std, data.num_classes)
     plot_confusion(
         matrix, data.classes, out_dir / "confusion_matrix.png", f"{best.name}: test acc {acc:.4f}"
     )
-    _, n_wrong = plot_misclassified(
-        best.result.model, data, out_dir / "misclassified.png", limit=settings.test_limit
-    )
-    verdicts = _verdicts(rows, settings.tolerance)
-    report = _report(
-        data, settings, rows, table_md, best.name, acc, n_wrong, len(ty), verdicts, command
-    )
-    (out_dir / "report.md").write_text(report)
-    if log is not None:
-        log.finish(
-            out_dir,
-            {"models": len(runs), "best_val_acc": best.result.val_acc, "best_test_acc": acc},
-        )
-    print(f"report: {out_dir / 'report.md'}", file=out)
-    for v in verdicts:
-        print("  " + v.replace("**", ""), file=out)
-    return AblationResult(
-        tuple(runs), tuple(rows), best.name, tuple(verdicts), out_dir / "report.md"
-    )
+    _, wrong = plot_misclassified(model, data, out_dir / "misclassified.png", limit=limit)
+    return _Best(best.name, best.result.val_acc, acc, wrong, len(ty))
 
 
 def _plot_acc_params(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -534,14 +554,11 @@ def _report(
     settings: AblationSettings,
     rows: Sequence[dict[str, Any]],
     table_md: str,
-    best: str,
-    best_acc: float,
-    n_wrong: int,
-    n_test: int,
+    best: _Best,
     verdicts: Sequence[str],
     command: str,
 ) -> str:
-    t = settings.train
+    t, n_test = settings.train, best.tested
     lines = [
         "# Seed 003 ablation: manual architecture search",
         "",
@@ -574,8 +591,8 @@ def _report(
         '"Summary" figures).',
         "- `accuracy_vs_params.png`: test accuracy against parameters.",
         f"- `confusion_matrix.png`, `misclassified.png`: the best model by validation accuracy, "
-        f"{best} (test accuracy {best_acc:.4f}, {n_wrong} of {n_test} test images wrong; the "
-        "gallery shows the first 24 as true -> predicted).",
+        f"{best.name} (test accuracy {best.test_acc:.4f}, {best.wrong} of {n_test} test images "
+        "wrong; the gallery shows the first 24 as true -> predicted).",
         "",
         "![summary](summary.png)",
         "",

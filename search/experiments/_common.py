@@ -13,7 +13,7 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt
 import pytorch_lightning as pl
 import torch
 
-from models import ArchSpec
-from objectives import ImageData, TrainConfig, TrialResult, evaluate, fit
+from cnnas.models import ArchSpec, count_macs, count_params
+from cnnas.objectives import ImageData, TrainConfig, TrialResult, evaluate, fit
 
 from .._config import MlflowConfig, load_mlflow_config
 from .._tracking import Tracker
@@ -36,8 +36,14 @@ __all__ = [
     "Column",
     "EpochRecorder",
     "ExperimentLog",
+    "ModelQueue",
     "ModelRun",
+    "markdown_head",
+    "markdown_row",
     "plot_curves",
+    "publish_report",
+    "scored_test_set",
+    "start_log",
     "train_model",
     "write_table",
 ]
@@ -117,9 +123,7 @@ def train_model(
     ``test_limit`` scores only the first that many test images (a small preset's time goes into
     training, not into scoring 10,000 images a few dozen times); the report says how many.
     """
-    x, y = data.test_x, data.test_y
-    if test_limit is not None:
-        x, y = x[:test_limit], y[:test_limit]
+    x, y = scored_test_set(data, test_limit)
     recorder = EpochRecorder(name, x, y, data.mean, data.std, cfg.epochs, out)
     result = fit(spec, data, cfg, seed=seed, callbacks=[recorder])
     curves = {**result.curves, "test_loss": recorder.loss, "test_acc": recorder.acc}
@@ -132,6 +136,68 @@ def train_model(
         test_acc=recorder.acc[-1],
         labels=dict(labels or {}),
     )
+
+
+def scored_test_set(data: ImageData, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images and labels an experiment scores: the first ``limit`` (None: all)."""
+    x, y = data.test_x, data.test_y
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return x, y
+
+
+class ModelQueue:
+    """Trains an experiment's models one after another, each with a numbered progress line,
+    per-epoch test scores (``train_model``) and, when there is a log, one child run.
+
+    ``runs`` holds every trained model in training order.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        cfg: TrainConfig,
+        log: ExperimentLog | None,
+        *,
+        test_limit: int | None,
+        out: TextIO,
+    ) -> None:
+        self.total, self.cfg, self.log = total, cfg, log
+        self.test_limit, self.out = test_limit, out
+        self.runs: list[ModelRun] = []
+
+    def train(
+        self,
+        name: str,
+        spec: ArchSpec,
+        data: ImageData,
+        *,
+        seed: int | None = None,
+        labels: Mapping[str, Any] | None = None,
+        sizes: bool = False,
+        metrics: Callable[[ModelRun], Mapping[str, float]] | None = None,
+    ) -> ModelRun:
+        """Trains ``spec`` on ``data``; ``sizes`` adds params and MACs to the progress line,
+        ``metrics`` adds the experiment's own metrics to the child run's test scores."""
+        line = f"[{len(self.runs) + 1:>2}/{self.total}] {name}: {spec.summary()}"
+        if sizes:
+            line += f"  ({count_params(spec):,} params, {count_macs(spec):,} MACs)"
+        print(line, file=self.out, flush=True)
+        run = train_model(
+            name,
+            spec,
+            data,
+            self.cfg,
+            seed=seed,
+            test_limit=self.test_limit,
+            labels=labels,
+            out=self.out,
+        )
+        self.runs.append(run)
+        if self.log is not None:
+            scores = {"test_acc": run.test_acc, "test_loss": run.test_loss}
+            self.log.log_model(run, {**scores, **(metrics(run) if metrics else {})})
+        return run
 
 
 # --- MLflow ---------------------------------------------------------------------------------------
@@ -183,7 +249,7 @@ class ExperimentLog:
         )
         self._count += 1
         self.tracker.log_metrics(run_id, metrics)
-        self.tracker.finish_trial(run_id, run.result)
+        self.tracker.end_fit(run_id, run.result)
         return run_id
 
     def finish(
@@ -193,6 +259,38 @@ class ExperimentLog:
         if report_dir.is_dir():
             self.tracker.client.log_artifacts(self.parent_id, str(report_dir), "report")
         self.tracker.end_parent(self.parent_id, summary, status)
+
+
+def start_log(
+    log: ExperimentLog | None, kind: str, data: ImageData, config: Mapping[str, Any]
+) -> None:
+    """Opens ``log``'s parent run ``<kind>-<local time>`` (nothing without a log); its
+    parameters are the dataset's name and training-image count, then ``config``."""
+    if log is not None:
+        log.start(
+            f"{kind}-{stamp()}",
+            {"dataset": data.name, "train_images": len(data.train_y), **config},
+        )
+
+
+def publish_report(
+    out_dir: Path,
+    report: str,
+    verdicts: Sequence[str],
+    log: ExperimentLog | None,
+    summary: Mapping[str, float],
+    out: TextIO,
+) -> Path:
+    """Writes ``report`` to ``out_dir/report.md``, uploads the folder and closes the parent run
+    with ``summary`` (when there is a log), prints the verdicts; returns the report's path."""
+    path = out_dir / "report.md"
+    path.write_text(report)
+    if log is not None:
+        log.finish(out_dir, summary)
+    print(f"report: {path}", file=out)
+    for v in verdicts:
+        print("  " + v.replace("**", ""), file=out)
+    return path
 
 
 # --- tables ---------------------------------------------------------------------------------------
@@ -212,6 +310,17 @@ class Column:
         return self.fmt.format(value)
 
 
+def markdown_row(cells: Iterable[Any]) -> str:
+    """One Markdown table row of ``cells`` as they print."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown_head(headers: Sequence[str], *, numbers: bool = False) -> list[str]:
+    """A Markdown table's header row and rule; ``numbers`` right-aligns all but the first column."""
+    rule = "---:|" if numbers else "---|"
+    return [markdown_row(headers), "|---|" + rule * (len(headers) - 1)]
+
+
 def write_table(
     rows: Sequence[Mapping[str, Any]],
     columns: Sequence[Column],
@@ -228,12 +337,9 @@ def write_table(
         writer.writerow([c.key for c in columns])
         for row in rows:
             writer.writerow([row.get(c.key, "") for c in columns])
-    lines = [
-        "| " + " | ".join(c.header for c in columns) + " |",
-        "|" + "|".join("---" for _ in columns) + "|",
-    ]
+    lines = markdown_head([c.header for c in columns])
     for row in rows:
-        lines.append("| " + " | ".join(c.show(row.get(c.key, "")) for c in columns) + " |")
+        lines.append(markdown_row(c.show(row.get(c.key, "")) for c in columns))
     md = "\n".join(lines) + "\n"
     if footer:
         md += "\n" + footer.strip() + "\n"

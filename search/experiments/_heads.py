@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,11 +30,27 @@ from typing import Any, TextIO
 import matplotlib.pyplot as plt
 import torch
 
-from models import ArchSpec, ConvBlock, DenseLayer, MultiScale, infer_shapes, multiscale_sections
-from objectives import ImageData, TrainConfig, stratified_split
+from cnnas.models import (
+    ArchSpec,
+    ConvBlock,
+    DenseLayer,
+    Layer,
+    MultiScale,
+    infer_shapes,
+    multiscale_sections,
+)
+from cnnas.objectives import ImageData, TrainConfig, stratified_split
 
 from .._space import max_pools
-from ._common import Column, ExperimentLog, ModelRun, stamp, train_model, write_table
+from ._common import (
+    Column,
+    ExperimentLog,
+    ModelQueue,
+    ModelRun,
+    publish_report,
+    start_log,
+    write_table,
+)
 
 __all__ = [
     "VARIANTS",
@@ -117,10 +133,14 @@ def section_activations(
     c = x.shape[1]
     m = torch.tensor(mean).view(1, c, 1, 1)
     s = torch.tensor(std).view(1, c, 1, 1)
-    agg = next(la for la in infer_shapes(spec) if la.kind == "aggregate")
-    pool = MultiScale(multiscale_sections(agg.in_shape))
+    pool = MultiScale(multiscale_sections(_aggregate(spec).in_shape))
     parts = [pool(model.features((xb.float() - m) / s)) for xb in x.split(512)]
     return [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _aggregate(spec: ArchSpec) -> Layer:
+    """The aggregation layer of ``spec``'s shape table."""
+    return next(la for la in infer_shapes(spec) if la.kind == "aggregate")
 
 
 def effective_rank(
@@ -161,6 +181,7 @@ class HeadsResult:
 
 
 def _fraction_data(data: ImageData, fraction: float, seed: int) -> ImageData:
+    """``data`` with a stratified ``fraction`` of its training images (the same for a seed)."""
     if fraction >= 1:
         return data
     _, part = stratified_split(data.train_y, fraction, seed)
@@ -168,6 +189,7 @@ def _fraction_data(data: ImageData, fraction: float, seed: int) -> ImageData:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -205,71 +227,84 @@ def run_heads(
 ) -> HeadsResult:
     """Trains the three variants per fraction and seed, then the width sweep; writes the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    shape, n_cls = data.input_shape, data.num_classes
-    specs = {
-        v: head_spec(v, shape, n_cls, filters=settings.filters, dense_width=settings.dense_width)
-        for v in VARIANTS
-    }
-    if log is not None:
-        log.start(
-            f"heads-{stamp()}",
-            {
-                "dataset": data.name,
-                "train_images": len(data.train_y),
-                "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "train"},
-                "train": dataclasses.asdict(settings.train),
-            },
-        )
-    total = len(settings.fractions) * len(VARIANTS) * settings.seeds
-    total += len(VARIANTS) * len([w for w in settings.rank_widths if w != settings.dense_width])
-    done = 0
-    runs: list[ModelRun] = []
+    start_log(
+        log,
+        "heads",
+        data,
+        {
+            "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "train"},
+            "train": dataclasses.asdict(settings.train),
+        },
+    )
+    queue = ModelQueue(
+        _model_count(settings), settings.train, log, test_limit=settings.test_limit, out=out
+    )
+    grid = _train_grid(data, settings, queue)
+    rows = _summary_rows(grid, data, settings)
+    _, _, summary_md = write_table(rows, SUMMARY_COLUMNS, out_dir, "summary")
+    _plot_convergence(grid, settings.fractions, out_dir / "convergence.png", data.name)
+    vx = data.val_x[: settings.cka_images]
+    redundancy = _redundancy(grid, data, vx, settings, queue)
+    _, _, redundancy_md = write_table(redundancy, REDUNDANCY_COLUMNS, out_dir, "redundancy")
+    verdicts = _verdicts(rows, redundancy, settings)
+    report = publish_report(
+        out_dir,
+        _report(data, settings, summary_md, redundancy_md, verdicts, command, len(vx)),
+        verdicts,
+        log,
+        {"models": len(queue.runs)},
+        out,
+    )
+    return HeadsResult(tuple(queue.runs), tuple(rows), tuple(redundancy), tuple(verdicts), report)
 
-    def train(name: str, spec: ArchSpec, part: ImageData, seed: int, labels: dict) -> ModelRun:
-        nonlocal done
-        done += 1
-        print(f"[{done:>2}/{total}] {name}: {spec.summary()}", file=out, flush=True)
-        run = train_model(
-            name,
-            spec,
-            part,
-            settings.train,
-            seed=seed,
-            test_limit=settings.test_limit,
-            labels=labels,
-            out=out,
-        )
-        runs.append(run)
-        if log is not None:
-            log.log_model(run, {"test_acc": run.test_acc, "test_loss": run.test_loss})
-        return run
 
+def _model_count(s: HeadsSettings) -> int:
+    """Models one run trains: every variant per fraction and seed, then the narrower widths."""
+    widths = [w for w in s.rank_widths if w != s.dense_width]
+    return len(s.fractions) * len(VARIANTS) * s.seeds + len(VARIANTS) * len(widths)
+
+
+def _spec(variant: str, data: ImageData, s: HeadsSettings, dense_width: int) -> ArchSpec:
+    """``variant`` of the settings' base network for ``data``, with ``dense_width`` units."""
+    return head_spec(
+        variant, data.input_shape, data.num_classes, filters=s.filters, dense_width=dense_width
+    )
+
+
+def _train_grid(
+    data: ImageData, s: HeadsSettings, queue: ModelQueue
+) -> dict[tuple[float, str], list[ModelRun]]:
+    """Trains every variant on every fraction of the training images, once per seed."""
+    specs = {v: _spec(v, data, s, s.dense_width) for v in VARIANTS}
     grid: dict[tuple[float, str], list[ModelRun]] = {}
-    for fraction in settings.fractions:
-        part = _fraction_data(data, fraction, settings.train.seed)
+    for fraction in s.fractions:
+        part = _fraction_data(data, fraction, s.train.seed)
         for variant in VARIANTS:
-            for s in range(settings.seeds):
-                seed = settings.train.seed + s
+            for i in range(s.seeds):
+                seed = s.train.seed + i
                 labels = {"variant": variant, "fraction": fraction, "seed": seed}
                 name = f"{variant} f={fraction:g} s={seed}"
-                grid.setdefault((fraction, variant), []).append(
-                    train(name, specs[variant], part, seed, labels)
-                )
+                run = queue.train(name, specs[variant], part, seed=seed, labels=labels)
+                grid.setdefault((fraction, variant), []).append(run)
+    return grid
 
+
+def _summary_rows(
+    grid: dict[tuple[float, str], list[ModelRun]], data: ImageData, s: HeadsSettings
+) -> list[dict[str, Any]]:
+    """One row per fraction and variant: final and per-epoch accuracies, mean and spread."""
     rows = []
     for (fraction, variant), group in grid.items():
-        finals = [r.result.val_acc for r in group]
-        tests = [r.test_acc for r in group]
         n_ep = min(len(r.result.curves["val_acc"]) for r in group)
         mean_curve = [
             statistics.fmean(r.result.curves["val_acc"][e] for r in group) for e in range(n_ep)
         ]
-        vm, vs = _mean_std(finals)
-        tm, ts = _mean_std(tests)
+        vm, vs = _mean_std([r.result.val_acc for r in group])
+        tm, ts = _mean_std([r.test_acc for r in group])
         rows.append(
             {
                 "fraction": fraction,
-                "train_images": len(_fraction_data(data, fraction, settings.train.seed).train_y),
+                "train_images": len(_fraction_data(data, fraction, s.train.seed).train_y),
                 "variant": variant,
                 "seeds": len(group),
                 "val_acc_mean": vm,
@@ -280,57 +315,71 @@ def run_heads(
                 "params": group[0].result.params,
             }
         )
-    _, _, summary_md = write_table(rows, SUMMARY_COLUMNS, out_dir, "summary")
-    _plot_convergence(grid, settings.fractions, out_dir / "convergence.png", data.name)
+    return rows
 
-    # Redundancy, on all the data with the first seed.
-    full = max(settings.fractions)
-    seed0 = settings.train.seed
-    part = _fraction_data(data, full, seed0)
-    vx = data.val_x[: settings.cka_images]
-    redundancy = []
+
+def _redundancy(
+    grid: dict[tuple[float, str], list[ModelRun]],
+    data: ImageData,
+    vx: torch.Tensor,
+    s: HeadsSettings,
+    queue: ModelQueue,
+) -> list[dict[str, Any]]:
+    """One row per variant, on all the data with the first seed: the width sweep's accuracies,
+    the effective rank and the CKA between the sections on the images ``vx``."""
+    full = max(s.fractions)
+    part = _fraction_data(data, full, s.train.seed)
+    rows = []
     for variant in VARIANTS:
         base_run = grid[(full, variant)][0]
-        widths = [(settings.dense_width, base_run.result.val_acc)]
-        for w in settings.rank_widths:
-            if w == settings.dense_width:
-                continue
-            spec = head_spec(variant, shape, n_cls, filters=settings.filters, dense_width=w)
-            labels = {"variant": variant, "fraction": full, "seed": seed0, "dense_width": w}
-            run = train(f"{variant} width={w}", spec, part, seed0, labels)
-            widths.append((w, run.result.val_acc))
+        widths = _width_sweep(variant, base_run, part, full, s, queue)
         rank = (
-            effective_rank(widths, base_run.result.val_acc, settings.rank_tolerance)
+            effective_rank(widths, base_run.result.val_acc, s.rank_tolerance)
             if len(widths) > 1
-            else settings.dense_width
+            else s.dense_width
         )
         assert base_run.result.model is not None
-        sections = section_activations(base_run.result.model, vx, data.mean, data.std)
-        cka = {}
-        for a, b, key in ((0, 1, "cka_1_2"), (0, 2, "cka_1_4"), (1, 2, "cka_2_4")):
-            cka[key] = linear_cka(sections[a], sections[b]) if len(sections) > b else float("nan")
-        agg = next(la for la in infer_shapes(specs[variant]) if la.kind == "aggregate")
-        redundancy.append(
+        rows.append(
             {
                 "variant": variant,
-                "representation": agg.out_shape[0],
+                "representation": _aggregate(base_run.spec).out_shape[0],
                 "widths": ", ".join(f"{w}: {a:.4f}" for w, a in sorted(widths)),
                 "effective_rank": rank,
-                **cka,
+                **_section_cka(base_run.result.model, vx, data),
             }
         )
-    _, _, redundancy_md = write_table(redundancy, REDUNDANCY_COLUMNS, out_dir, "redundancy")
-    verdicts = _verdicts(rows, redundancy, settings)
-    report = _report(data, settings, summary_md, redundancy_md, verdicts, command, len(vx))
-    (out_dir / "report.md").write_text(report)
-    if log is not None:
-        log.finish(out_dir, {"models": len(runs)})
-    print(f"report: {out_dir / 'report.md'}", file=out)
-    for v in verdicts:
-        print("  " + v.replace("**", ""), file=out)
-    return HeadsResult(
-        tuple(runs), tuple(rows), tuple(redundancy), tuple(verdicts), out_dir / "report.md"
-    )
+    return rows
+
+
+def _width_sweep(
+    variant: str,
+    base_run: ModelRun,
+    part: ImageData,
+    fraction: float,
+    s: HeadsSettings,
+    queue: ModelQueue,
+) -> list[tuple[int, float]]:
+    """``(dense width, validation accuracy)``: the full width's from ``base_run``, then each
+    narrower width's, trained with the first seed."""
+    seed = s.train.seed
+    widths = [(s.dense_width, base_run.result.val_acc)]
+    for w in s.rank_widths:
+        if w == s.dense_width:
+            continue
+        labels = {"variant": variant, "fraction": fraction, "seed": seed, "dense_width": w}
+        spec = _spec(variant, part, s, w)
+        run = queue.train(f"{variant} width={w}", spec, part, seed=seed, labels=labels)
+        widths.append((w, run.result.val_acc))
+    return widths
+
+
+def _section_cka(model: torch.nn.Module, x: torch.Tensor, data: ImageData) -> dict[str, float]:
+    """Linear CKA between each pair of sections on ``x``; NaN where the map has no such section."""
+    sections = section_activations(model, x, data.mean, data.std)
+    return {
+        key: linear_cka(sections[a], sections[b]) if len(sections) > b else float("nan")
+        for a, b, key in ((0, 1, "cka_1_2"), (0, 2, "cka_1_4"), (1, 2, "cka_2_4"))
+    }
 
 
 def _plot_convergence(
@@ -367,58 +416,80 @@ def _verdicts(
 ) -> list[str]:
     """HELD, NOT HELD, or INCONCLUSIVE where the differences are within the seed-to-seed spread
     (a ranking decided by noise supports no claim either way)."""
-    out = []
     by = {(r["fraction"], r["variant"]): r for r in rows}
     small, full = min(s.fractions), max(s.fractions)
+    out = [_convergence_verdict(by, small, s)]
+    if small < full:
+        out.append(_more_data_verdict(by, small, full, s))
+    out.append(_redundancy_verdict(redundancy, s))
+    return out
 
-    def spread(f: float) -> float:
-        return max(by[(f, v)]["val_acc_std"] for v in VARIANTS)
 
+# Summary rows by (fraction, variant).
+_Rows = Mapping[tuple[float, str], Mapping[str, Any]]
+
+
+def _spread(by: _Rows, fraction: float) -> float:
+    """The largest seed-to-seed standard deviation of the final validation accuracy."""
+    return max(by[(fraction, v)]["val_acc_std"] for v in VARIANTS)
+
+
+def _gap(by: _Rows, fraction: float) -> float:
+    """Best minus worst variant's final mean validation accuracy."""
+    finals = [by[(fraction, v)]["val_acc_mean"] for v in VARIANTS]
+    return max(finals) - min(finals)
+
+
+def _convergence_verdict(by: _Rows, small: float, s: HeadsSettings) -> str:
+    """Seed 000's Figure 1: three heads converge best, plain flatten worst."""
     auc = {v: by[(small, v)]["val_auc"] for v in VARIANTS}
     order = sorted(VARIANTS, key=lambda v: -auc[v])
     if order != ["three-heads", "multiscale", "flatten"]:
         verdict = "NOT HELD"
-    elif s.seeds > 1 and max(auc.values()) - min(auc.values()) <= spread(small):
+    elif s.seeds > 1 and max(auc.values()) - min(auc.values()) <= _spread(by, small):
         verdict = "INCONCLUSIVE"
     else:
         verdict = "HELD"
     shown = " > ".join(f"{v} {auc[v]:.4f}" for v in order)
-    out.append(
+    return (
         f"**Three heads converge best, plain flatten worst** (seed's Figure 1: black > green/blue "
         f"> red; criterion: the mean validation accuracy over epochs, averaged over seeds, at "
         f"{small:g} of the data ranks three-heads > multiscale > flatten; INCONCLUSIVE if it "
         f"does but the spread of the three is within the largest seed-to-seed standard "
-        f"deviation, {spread(small):.4f}): {verdict}. Ranking: {shown}."
+        f"deviation, {_spread(by, small):.4f}): {verdict}. Ranking: {shown}."
     )
-    if small < full:
 
-        def gap(f: float) -> float:
-            finals = [by[(f, v)]["val_acc_mean"] for v in VARIANTS]
-            return max(finals) - min(finals)
 
-        g_small, g_full = gap(small), gap(full)
-        if s.seeds > 1 and g_small <= spread(small):
-            verdict = "INCONCLUSIVE"
-        elif g_full < g_small and g_full <= max(spread(full), 0.005):
-            verdict = "HELD"
-        else:
-            verdict = "NOT HELD"
-        out.append(
-            f"**4x more data removes the gap** (seed's Figure 4; criterion: the gap between the "
-            f"variants' final mean validation accuracies is smaller with all the data than with "
-            f"{small:g} of it and within the seed-to-seed standard deviation (at least 0.5 "
-            f"points); INCONCLUSIVE if the gap at {small:g} is already within its seed-to-seed "
-            f"standard deviation, so there is no gap to remove): {verdict}. Gap {g_small:.4f} "
-            f"(std {spread(small):.4f}) at {small:g} -> {g_full:.4f} (std {spread(full):.4f}) "
-            f"with all the data."
-        )
+def _more_data_verdict(by: _Rows, small: float, full: float, s: HeadsSettings) -> str:
+    """Seed 000's Figure 4: four times the data removes the gap between the variants."""
+    g_small, g_full = _gap(by, small), _gap(by, full)
+    if s.seeds > 1 and g_small <= _spread(by, small):
+        verdict = "INCONCLUSIVE"
+    elif g_full < g_small and g_full <= max(_spread(by, full), 0.005):
+        verdict = "HELD"
+    else:
+        verdict = "NOT HELD"
+    return (
+        f"**4x more data removes the gap** (seed's Figure 4; criterion: the gap between the "
+        f"variants' final mean validation accuracies is smaller with all the data than with "
+        f"{small:g} of it and within the seed-to-seed standard deviation (at least 0.5 "
+        f"points); INCONCLUSIVE if the gap at {small:g} is already within its seed-to-seed "
+        f"standard deviation, so there is no gap to remove): {verdict}. Gap {g_small:.4f} "
+        f"(std {_spread(by, small):.4f}) at {small:g} -> {g_full:.4f} "
+        f"(std {_spread(by, full):.4f}) with all the data."
+    )
+
+
+def _redundancy_verdict(redundancy: Sequence[dict[str, Any]], s: HeadsSettings) -> str:
+    """Seed 000's definition: the multi-scale sections carry the same information twice."""
     red = {r["variant"]: r for r in redundancy}
     ranks = ", ".join(f"{v} {red[v]['effective_rank']}" for v in VARIANTS)
     cka = red["multiscale"]
+    # NaN marks a section the map is too small for.
     values = [cka[k] for k in ("cka_1_2", "cka_1_4", "cka_2_4") if cka[k] == cka[k]]
     mean_cka = statistics.fmean(values) if values else float("nan")
     held = mean_cka >= 0.5
-    out.append(
+    return (
         f'**The concatenated sections are redundant** (seed: "concatenating a signal with its '
         f'lower resolution level would be nearly equivalent to duplication"; criterion: mean '
         f"linear CKA between the multiscale network's sections >= 0.5): "
@@ -426,7 +497,6 @@ def _verdicts(
         f"dense width within {s.rank_tolerance:.1%} validation accuracy of width "
         f"{s.dense_width}): {ranks}."
     )
-    return out
 
 
 def _report(

@@ -24,10 +24,11 @@ is). Every image gets a label, so its router learns from the whole training spli
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,22 @@ import torch
 from mlflow.entities import Metric, Param
 from torch import nn
 
-from models import SkipCNN, build, count_macs, count_params, depth_macs, executed_macs
-from models import router_spec as make_router_spec
-from models import skip_spec as make_skip_spec
-from objectives import ImageData
-from objectives._skip_train import (
+from cnnas.models import (
+    ArchSpec,
+    SkipCNN,
+    build,
+    count_macs,
+    count_params,
+    depth_macs,
+    executed_macs,
+)
+from cnnas.models import router_spec as make_router_spec
+from cnnas.models import skip_spec as make_skip_spec
+from cnnas.objectives import (
+    ImageData,
     activation_scores,
     earliest_correct,
+    logits_in_batches,
     predict_in_batches,
     strongest_activation_labels,
     train_rmsprop,
@@ -50,6 +60,7 @@ from objectives._skip_train import (
 
 from .._config import MlflowConfig
 from .._tracking import Tracker
+from ._common import markdown_head, markdown_row
 
 __all__ = [
     "LAYER_SKIP_EXPERIMENT",
@@ -235,7 +246,261 @@ class _Exits(nn.Module):
 
 
 def _acc(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of ``pred`` equal to ``y``; NaN for no images."""
     return float((pred == y.cpu()).float().mean()) if len(y) else float("nan")
+
+
+def _plain_forward(net: nn.Module, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``net`` on a batch, ignoring which images of the split it holds."""
+    return net(xb)
+
+
+def _routed_forward(
+    net: SkipCNN, depth: torch.Tensor | None, xb: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:
+    """``net`` running each image of the batch to its entry of ``depth`` (None: full depth)."""
+    return net(xb, None if depth is None else depth[idx])
+
+
+def _exit_forward(exits: _Exits, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The new exits' logits, one exit after another along the batch, for a loss over every
+    exit; the last logits are CNN1's own (frozen) head, so they are left out."""
+    return torch.cat(exits(xb)[:-1])
+
+
+@torch.no_grad()
+def _exit_correct(
+    exits: _Exits, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """(images, stages) booleans on the CPU: whether each exit classifies each image right."""
+    cols = [
+        torch.stack([lg.argmax(1) == yb for lg in logits], 1).cpu()
+        for logits, yb in logits_in_batches(exits, x, y, mean, std)
+    ]
+    return torch.cat(cols)
+
+
+@dataclass
+class _Route:
+    """A variant's labels and the router trained on them."""
+
+    router: nn.Module
+    # Per training image: the rule's label, -1 where it gave none.
+    train_labels: torch.Tensor
+    # Training images per label 0..stages-1, then unlabelled.
+    counts: list[int]
+    # Training images the router learned from; labelled test images it was scored on.
+    train_images: int
+    test_images: int
+    acc: float
+    # The router's label for every test image.
+    test_routes: torch.Tensor
+
+
+class _Pipeline:
+    """The steps of one run, sharing the data on the device, CNN1's spec and the curves so far.
+
+    The steps must run in the order ``run_layer_skip`` calls them: each seeds torch's generator
+    before it initialises a network, so the same settings give the same numbers.
+    """
+
+    def __init__(
+        self,
+        cfg: LayerSkipConfig,
+        data: ImageData,
+        dev: torch.device,
+        log: Callable[[str], None],
+        on_net: Callable[[NetRecord], None] | None,
+    ) -> None:
+        self.cfg, self.dev, self.log, self.on_net = cfg, dev, log, on_net
+        self.tr_x, self.tr_y = data.train_x.to(dev), data.train_y.to(dev)
+        self.va_x, self.va_y = data.val_x.to(dev), data.val_y.to(dev)
+        self.te_x, self.te_y = data.test_x.to(dev), data.test_y.to(dev)
+        self.mean, self.std = data.mean, data.std
+        self.spec = make_skip_spec(
+            data.input_shape, data.num_classes, filters=cfg.filters, kernel=cfg.kernel,
+            stages=cfg.stages,
+        )  # fmt: skip
+        self.common = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr}
+        self.curves: dict[str, dict[str, list[float]]] = {}
+
+    def record(
+        self, name: str, params: dict, metrics: dict, crv: dict, model: nn.Module | None
+    ) -> None:
+        """Keeps ``name``'s curves for the report and hands the network to ``on_net``."""
+        self.curves[name] = crv
+        if self.on_net is not None:
+            self.on_net(NetRecord(name, params, metrics, crv, model))
+
+    def skip_pred(self, net: SkipCNN, x: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
+        """``net``'s predictions with each image run to its ``depth`` (None: full depth)."""
+        forward = functools.partial(_routed_forward, net, depth)
+        return predict_in_batches(net, forward, x, self.mean, self.std, batch_size=1024)
+
+    def plain_pred(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``net``'s predictions on ``x``."""
+        forward = functools.partial(_plain_forward, net)
+        return predict_in_batches(net, forward, x, self.mean, self.std)
+
+    def validation(self, net: SkipCNN, depth: torch.Tensor | None) -> Callable:
+        """An ``on_epoch`` callback: ``net``'s validation accuracy at ``depth``, logged."""
+        return functools.partial(self._validate, net, depth)
+
+    def _validate(
+        self, net: SkipCNN, depth: torch.Tensor | None, epoch: int, m: dict[str, float]
+    ) -> dict[str, float]:
+        val = _acc(self.skip_pred(net, self.va_x, depth), self.va_y)
+        self.log(
+            f"  epoch {epoch + 1}: train_loss {m['train_loss']:.4f} "
+            f"train_acc {m['train_acc']:.4f} val_acc {val:.4f} ({m['epoch_seconds']:.1f}s)"
+        )
+        return {"val_acc": val}
+
+    def train_cnn1(self) -> tuple[SkipCNN, float]:
+        """CNN1 trained at full depth, and its test accuracy."""
+        cfg, spec = self.cfg, self.spec
+        torch.manual_seed(cfg.seed)
+        cnn1 = SkipCNN(spec).to(self.dev)
+        self.log(
+            f"CNN1 {spec.summary()}: {count_params(spec):,} params, {count_macs(spec):,} MACs/image"
+        )
+        c1 = train_rmsprop(
+            cnn1, functools.partial(_plain_forward, cnn1), self.tr_x, self.tr_y, self.mean,
+            self.std, seed=cfg.seed, on_epoch=self.validation(cnn1, None), **self.common,
+        )  # fmt: skip
+        acc = _acc(self.skip_pred(cnn1, self.te_x, None), self.te_y)
+        self.log(f"CNN1 test accuracy {acc:.4f}")
+        self.record(
+            "cnn1",
+            {"role": "CNN1", "arch": spec.summary(), **self.common},
+            {"test_acc": acc, "params": count_params(spec), "macs": count_macs(spec)},
+            c1,
+            cnn1,
+        )
+        return cnn1, acc
+
+    def activation_labels(self, cnn1: SkipCNN) -> dict[str, torch.Tensor]:
+        """The seed's rule on the training and the test images: -1 where no map picks one."""
+        out = {}
+        for split, x in (("train", self.tr_x), ("test", self.te_x)):
+            scores = activation_scores(
+                cnn1.stage_outputs, cnn1, x, self.mean, self.std, maps=self.cfg.maps
+            )
+            out[split] = strongest_activation_labels(scores, top=min(self.cfg.top, len(x)))
+        return out
+
+    def exit_labels(self, cnn1: SkipCNN) -> tuple[list[float], dict[str, torch.Tensor]]:
+        """Trains the exit classifiers on frozen CNN1; their test accuracies, and the earliest
+        correct exit of every training and test image."""
+        cfg = self.cfg
+        for p in cnn1.parameters():
+            p.requires_grad_(False)
+        torch.manual_seed(cfg.seed + 1)
+        exits = _Exits(cnn1).to(self.dev)
+        ex_curves = train_rmsprop(
+            exits, functools.partial(_exit_forward, exits), self.tr_x, self.tr_y, self.mean,
+            self.std, seed=cfg.seed + 1, heads=cfg.stages - 1, **self.common,
+        )  # fmt: skip
+        te_correct = _exit_correct(exits, self.te_x, self.te_y, self.mean, self.std)
+        exit_acc = te_correct.float().mean(0).tolist()
+        self.log("exit classifiers' test accuracy: " + ", ".join(f"{a:.4f}" for a in exit_acc))
+        self.record(
+            "exits",
+            {"role": "exit classifiers on frozen CNN1", **self.common},
+            {f"exit{k + 1}_test_acc": a for k, a in enumerate(exit_acc)},
+            ex_curves,
+            None,
+        )
+        tr_correct = _exit_correct(exits, self.tr_x, self.tr_y, self.mean, self.std)
+        labels = {"train": earliest_correct(tr_correct), "test": earliest_correct(te_correct)}
+        for p in cnn1.parameters():
+            p.requires_grad_(True)
+        return exit_acc, labels
+
+    def route(
+        self, vi: int, vname: str, labels: dict[str, torch.Tensor], rspec: ArchSpec
+    ) -> _Route:
+        """Trains variant ``vi``'s router on the training images its rule labels; scores it on
+        the test images the rule labels."""
+        cfg, L = self.cfg, self.cfg.stages
+        train_lab = labels["train"]
+        counts = [int((train_lab == k).sum()) for k in range(L)] + [int((train_lab < 0).sum())]
+        self.log(
+            f"[{vname}] training labels per depth 1..{L}: {counts[:L]}, unlabelled {counts[L]}"
+        )
+        keep = (train_lab >= 0).nonzero().squeeze(1)
+        torch.manual_seed(cfg.seed + 10 + vi)
+        router = build(rspec).to(self.dev)
+        rx, ry = self.tr_x[keep.to(self.dev)], train_lab[keep].to(self.dev)
+        rc = train_rmsprop(
+            router, functools.partial(_plain_forward, router), rx, ry, self.mean, self.std,
+            epochs=cfg.router_passes, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed + 10 + vi,
+        )  # fmt: skip
+        test_lab = labels["test"]
+        has = (test_lab >= 0).nonzero().squeeze(1)
+        test_routes = self.plain_pred(router, self.te_x)
+        acc = _acc(test_routes[has], test_lab[has])
+        self.log(f"[{vname}] router test accuracy {acc:.4f} on {len(has)} labelled test images")
+        self.record(
+            f"router-{vname}",
+            {"role": "CNN2 (router)", "labels": vname, "arch": rspec.summary(),
+             "epochs": cfg.router_passes, "batch_size": cfg.batch_size, "lr": cfg.lr},
+            {"test_acc": acc, "test_images": len(has), "train_images": len(keep),
+             "params": count_params(rspec), "macs": count_macs(rspec)},
+            rc,
+            router,
+        )  # fmt: skip
+        return _Route(router, train_lab, counts, len(keep), len(has), acc, test_routes)
+
+    def train_cnn3(self, vi: int, vname: str, route: _Route, router_macs: int) -> VariantResult:
+        """Trains CNN3 with every image skipping the layers its depth leaves out; scores it on
+        the test images routed and at full depth."""
+        cfg, spec, L = self.cfg, self.spec, self.cfg.stages
+        # Depth per training image: its own label where the rule gave one, else the router's.
+        train_routes = self.plain_pred(route.router, self.tr_x)
+        lab = route.train_labels
+        train_depth = (torch.where(lab >= 0, lab, train_routes) + 1).to(self.dev)
+        val_depth = (self.plain_pred(route.router, self.va_x) + 1).to(self.dev)
+        test_depth = (route.test_routes + 1).to(self.dev)
+        torch.manual_seed(cfg.seed + 20 + vi)
+        cnn3 = SkipCNN(spec).to(self.dev)
+        c3 = train_rmsprop(
+            cnn3, functools.partial(_routed_forward, cnn3, train_depth), self.tr_x, self.tr_y,
+            self.mean, self.std, seed=cfg.seed + 20 + vi, on_epoch=self.validation(cnn3, val_depth),
+            **self.common,
+        )  # fmt: skip
+        cnn3_acc = _acc(self.skip_pred(cnn3, self.te_x, test_depth), self.te_y)
+        full_acc = _acc(self.skip_pred(cnn3, self.te_x, None), self.te_y)
+        run_macs = executed_macs(spec, test_depth)
+        share = [float((test_depth == d + 1).float().mean()) for d in range(L)]
+        self.log(
+            f"[{vname}] CNN3 test accuracy {cnn3_acc:.4f} routed, {full_acc:.4f} at full depth; "
+            f"{run_macs:,.0f} MACs/image executed ({run_macs / count_macs(spec):.1%} of CNN1), "
+            f"+ router {router_macs:,}"
+        )
+        v = VariantResult(
+            name=vname,
+            train_labels=route.counts,
+            router_train_images=route.train_images,
+            router_acc=route.acc,
+            router_test_images=route.test_images,
+            router_macs=router_macs,
+            depth_share=share,
+            cnn3_acc=cnn3_acc,
+            cnn3_full_depth_acc=full_acc,
+            executed_macs=run_macs,
+            total_macs=run_macs + router_macs,
+        )
+        self.record(
+            f"cnn3-{vname}",
+            {"role": "CNN3", "labels": vname, "arch": spec.summary(), **self.common},
+            {"test_acc": cnn3_acc, "full_depth_test_acc": full_acc, "executed_macs": run_macs,
+             "total_macs": v.total_macs, "params": count_params(spec),
+             **{f"depth{d + 1}_share": s for d, s in enumerate(share)}},
+            c3,
+            cnn3,
+        )  # fmt: skip
+        return v
 
 
 def run_layer_skip(
@@ -248,187 +513,16 @@ def run_layer_skip(
 ) -> LayerSkipResult:
     """Runs the whole pipeline on ``data`` and returns its numbers; ``on_net`` sees each network."""
     start = time.perf_counter()
-    dev = torch.device(device)
-    tr_x, tr_y = data.train_x.to(dev), data.train_y.to(dev)
-    va_x, va_y = data.val_x.to(dev), data.val_y.to(dev)
-    te_x, te_y = data.test_x.to(dev), data.test_y.to(dev)
-    mean, std = data.mean, data.std
-    L = cfg.stages
-    common = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr}
-    curves: dict[str, dict[str, list[float]]] = {}
-
-    def record(name: str, params: dict, metrics: dict, crv: dict, model: nn.Module | None) -> None:
-        curves[name] = crv
-        if on_net is not None:
-            on_net(NetRecord(name, params, metrics, crv, model))
-
-    def skip_pred(net: SkipCNN, x: torch.Tensor, depth: torch.Tensor | None) -> torch.Tensor:
-        def fwd(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return net(xb, None if depth is None else depth[idx])
-
-        return predict_in_batches(net, fwd, x, mean, std, batch_size=1024)
-
-    def plain_pred(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return predict_in_batches(net, lambda xb, idx: net(xb), x, mean, std)
-
-    # --- CNN1 ---------------------------------------------------------------------------------
-    spec = make_skip_spec(
-        data.input_shape, data.num_classes, filters=cfg.filters, kernel=cfg.kernel, stages=L
-    )
-    torch.manual_seed(cfg.seed)
-    cnn1 = SkipCNN(spec).to(dev)
-    log(f"CNN1 {spec.summary()}: {count_params(spec):,} params, {count_macs(spec):,} MACs/image")
-
-    def val_of(net: SkipCNN, depth: Callable[[], torch.Tensor | None]) -> Callable:
-        def on_epoch(epoch: int, m: dict[str, float]) -> dict[str, float]:
-            val = _acc(skip_pred(net, va_x, depth()), va_y)
-            log(
-                f"  epoch {epoch + 1}: train_loss {m['train_loss']:.4f} "
-                f"train_acc {m['train_acc']:.4f} val_acc {val:.4f} ({m['epoch_seconds']:.1f}s)"
-            )
-            return {"val_acc": val}
-
-        return on_epoch
-
-    c1 = train_rmsprop(
-        cnn1, lambda xb, idx: cnn1(xb), tr_x, tr_y, mean, std, seed=cfg.seed,
-        on_epoch=val_of(cnn1, lambda: None), **common,
-    )  # fmt: skip
-    cnn1_acc = _acc(skip_pred(cnn1, te_x, None), te_y)
-    log(f"CNN1 test accuracy {cnn1_acc:.4f}")
-    record(
-        "cnn1",
-        {"role": "CNN1", "arch": spec.summary(), **common},
-        {"test_acc": cnn1_acc, "params": count_params(spec), "macs": count_macs(spec)},
-        c1,
-        cnn1,
-    )
-    macs_table = list(depth_macs(spec))
-
-    # --- labels: the seed's activation rule ------------------------------------------------------
-    def activation_labels(x: torch.Tensor) -> torch.Tensor:
-        scores = activation_scores(cnn1.stage_outputs, cnn1, x, mean, std, maps=cfg.maps)
-        return strongest_activation_labels(scores, top=min(cfg.top, len(x)))
-
-    act_labels = {"train": activation_labels(tr_x), "test": activation_labels(te_x)}
-
-    # --- labels: the earliest correct exit ---------------------------------------------------
-    for p in cnn1.parameters():
-        p.requires_grad_(False)
-    torch.manual_seed(cfg.seed + 1)
-    exits = _Exits(cnn1).to(dev)
-
-    def exit_correct(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        exits.eval()
-        cols = []
-        with torch.no_grad():
-            norm_m = torch.tensor(mean, device=dev).view(1, -1, 1, 1)
-            norm_s = torch.tensor(std, device=dev).view(1, -1, 1, 1)
-            for i in range(0, len(x), 1024):
-                logits = exits((x[i : i + 1024].float() - norm_m) / norm_s)
-                yb = y[i : i + 1024]
-                cols.append(torch.stack([lg.argmax(1) == yb for lg in logits], 1).cpu())
-        return torch.cat(cols)
-
-    def exit_forward(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        # The last logits are CNN1's own (frozen) head: only the new exits train.
-        return torch.cat(exits(xb)[:-1])
-
-    ex_curves = train_rmsprop(
-        exits, exit_forward, tr_x, tr_y, mean, std, seed=cfg.seed + 1, heads=L - 1, **common
-    )
-    te_correct = exit_correct(te_x, te_y)
-    exit_acc = te_correct.float().mean(0).tolist()
-    log("exit classifiers' test accuracy: " + ", ".join(f"{a:.4f}" for a in exit_acc))
-    record(
-        "exits",
-        {"role": "exit classifiers on frozen CNN1", **common},
-        {f"exit{k + 1}_test_acc": a for k, a in enumerate(exit_acc)},
-        ex_curves,
-        None,
-    )
-    exit_labels = {
-        "train": earliest_correct(exit_correct(tr_x, tr_y)),
-        "test": earliest_correct(te_correct),
-    }
-    for p in cnn1.parameters():
-        p.requires_grad_(True)
-
-    # --- per variant: router, then CNN3 ------------------------------------------------------
-    rspec = make_router_spec(data.input_shape, L, filters=cfg.router_filters)
+    run = _Pipeline(cfg, data, torch.device(device), log, on_net)
+    cnn1, cnn1_acc = run.train_cnn1()
+    act_labels = run.activation_labels(cnn1)
+    exit_acc, exit_labels = run.exit_labels(cnn1)
+    rspec = make_router_spec(data.input_shape, cfg.stages, filters=cfg.router_filters)
     router_macs = count_macs(rspec)
     variants = []
     for vi, (vname, labels) in enumerate((("activation", act_labels), ("exit", exit_labels))):
-        train_lab = labels["train"]
-        counts = [int((train_lab == k).sum()) for k in range(L)] + [int((train_lab < 0).sum())]
-        log(f"[{vname}] training labels per depth 1..{L}: {counts[:L]}, unlabelled {counts[L]}")
-        keep = (train_lab >= 0).nonzero().squeeze(1)
-        torch.manual_seed(cfg.seed + 10 + vi)
-        router = build(rspec).to(dev)
-        rx, ry = tr_x[keep.to(dev)], train_lab[keep].to(dev)
-        rc = train_rmsprop(
-            router, lambda xb, idx, r=router: r(xb), rx, ry, mean, std,
-            epochs=cfg.router_passes, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed + 10 + vi,
-        )  # fmt: skip
-        test_lab = labels["test"]
-        has = (test_lab >= 0).nonzero().squeeze(1)
-        test_routes = plain_pred(router, te_x)
-        router_acc = _acc(test_routes[has], test_lab[has])
-        log(f"[{vname}] router test accuracy {router_acc:.4f} on {len(has)} labelled test images")
-        record(
-            f"router-{vname}",
-            {"role": "CNN2 (router)", "labels": vname, "arch": rspec.summary(),
-             "epochs": cfg.router_passes, "batch_size": cfg.batch_size, "lr": cfg.lr},
-            {"test_acc": router_acc, "test_images": len(has), "train_images": len(keep),
-             "params": count_params(rspec), "macs": router_macs},
-            rc,
-            router,
-        )  # fmt: skip
-
-        # Depth per training image: its own label where the rule gave one, else the router's.
-        train_routes = plain_pred(router, tr_x)
-        train_depth = (torch.where(train_lab >= 0, train_lab, train_routes) + 1).to(dev)
-        val_depth = (plain_pred(router, va_x) + 1).to(dev)
-        test_depth = (test_routes + 1).to(dev)
-        torch.manual_seed(cfg.seed + 20 + vi)
-        cnn3 = SkipCNN(spec).to(dev)
-        c3 = train_rmsprop(
-            cnn3, lambda xb, idx, n=cnn3, d=train_depth: n(xb, d[idx]), tr_x, tr_y, mean, std,
-            seed=cfg.seed + 20 + vi, on_epoch=val_of(cnn3, lambda d=val_depth: d), **common,
-        )  # fmt: skip
-        cnn3_acc = _acc(skip_pred(cnn3, te_x, test_depth), te_y)
-        full_acc = _acc(skip_pred(cnn3, te_x, None), te_y)
-        run_macs = executed_macs(spec, test_depth)
-        share = [float((test_depth == d + 1).float().mean()) for d in range(L)]
-        log(
-            f"[{vname}] CNN3 test accuracy {cnn3_acc:.4f} routed, {full_acc:.4f} at full depth; "
-            f"{run_macs:,.0f} MACs/image executed ({run_macs / count_macs(spec):.1%} of CNN1), "
-            f"+ router {router_macs:,}"
-        )
-        v = VariantResult(
-            name=vname,
-            train_labels=counts,
-            router_train_images=len(keep),
-            router_acc=router_acc,
-            router_test_images=len(has),
-            router_macs=router_macs,
-            depth_share=share,
-            cnn3_acc=cnn3_acc,
-            cnn3_full_depth_acc=full_acc,
-            executed_macs=run_macs,
-            total_macs=run_macs + router_macs,
-        )
-        variants.append(v)
-        record(
-            f"cnn3-{vname}",
-            {"role": "CNN3", "labels": vname, "arch": spec.summary(), **common},
-            {"test_acc": cnn3_acc, "full_depth_test_acc": full_acc, "executed_macs": run_macs,
-             "total_macs": v.total_macs, "params": count_params(spec),
-             **{f"depth{d + 1}_share": s for d, s in enumerate(share)}},
-            c3,
-            cnn3,
-        )  # fmt: skip
-
+        route = run.route(vi, vname, labels, rspec)
+        variants.append(run.train_cnn3(vi, vname, route, router_macs))
     return LayerSkipResult(
         config=cfg,
         dataset={
@@ -440,12 +534,12 @@ def run_layer_skip(
             "test": len(data.test_y),
         },
         cnn1_acc=cnn1_acc,
-        cnn1_params=count_params(spec),
-        cnn1_macs=count_macs(spec),
+        cnn1_params=count_params(run.spec),
+        cnn1_macs=count_macs(run.spec),
         exit_acc=exit_acc,
-        depth_macs=macs_table,
+        depth_macs=list(depth_macs(run.spec)),
         variants=variants,
-        curves=curves,
+        curves=run.curves,
         seconds=time.perf_counter() - start,
     )
 
@@ -462,6 +556,59 @@ def _k(n: float) -> str:
 
 def _convs(depth: int) -> str:
     return "conv1" if depth == 1 else f"conv1-{depth}"
+
+
+def _networks_table(result: LayerSkipResult) -> list[str]:
+    """CNN1 and the exit classifiers: test accuracy, size and MACs."""
+    lines = [
+        *markdown_head(["network", "test accuracy", "params", "MACs/image"], numbers=True),
+        f"| CNN1 (all {result.config.stages} layers) | {result.cnn1_acc:.4f} | "
+        f"{result.cnn1_params:,} | {result.cnn1_macs:,} |",
+    ]
+    for k, a in enumerate(result.exit_acc[:-1]):
+        lines.append(
+            f"| exit classifier after conv{k + 1} (frozen CNN1) | {a:.4f} | | "
+            f"{result.depth_macs[k]:,} |"
+        )
+    return lines
+
+
+def _labels_table(result: LayerSkipResult) -> list[str]:
+    """Training images per label and unlabelled, one row per labelling rule."""
+    L = result.config.stages
+    headers = [
+        "labelling",
+        *(f"label {d} ({_convs(d + 1)})" for d in range(L)),
+        "unlabelled (router decides)",
+    ]
+    rows = [markdown_row([v.name, *v.train_labels]) for v in result.variants]
+    return [*markdown_head(headers, numbers=True), *rows]
+
+
+def _routed_table(result: LayerSkipResult) -> list[str]:
+    """Per labelling rule: router and CNN3 accuracy, routed depths, executed MACs."""
+    headers = [
+        "labels", "router acc", "CNN3 acc, routed", "CNN3 acc, full depth", "CNN1 acc",
+        *(f"depth {d + 1}" for d in range(result.config.stages)),
+        "executed MACs/image", "+ router", "vs CNN1",
+    ]  # fmt: skip
+    rows = [
+        markdown_row(
+            [
+                v.name,
+                f"{v.router_acc:.4f} ({v.router_test_images} img)",
+                f"{v.cnn3_acc:.4f}",
+                f"{v.cnn3_full_depth_acc:.4f}",
+                f"{result.cnn1_acc:.4f}",
+                *(f"{s:.1%}" for s in v.depth_share),
+                _k(v.executed_macs),
+                _k(v.total_macs),
+                f"{v.total_macs / result.cnn1_macs:.1%}",
+            ]
+        )
+        for v in result.variants
+    ]
+    return [*markdown_head(headers, numbers=True), *rows]
 
 
 def report_markdown(result: LayerSkipResult, *, command: str | None = None) -> str:
@@ -481,48 +628,9 @@ def report_markdown(result: LayerSkipResult, *, command: str | None = None) -> s
     ]
     if command:
         lines += ["", "```", command, "```"]
-    lines += [
-        "",
-        "## Networks",
-        "",
-        "| network | test accuracy | params | MACs/image |",
-        "|---|---:|---:|---:|",
-        f"| CNN1 (all {L} layers) | {result.cnn1_acc:.4f} | {result.cnn1_params:,} | "
-        f"{result.cnn1_macs:,} |",
-    ]
-    for k, a in enumerate(result.exit_acc[:-1]):
-        lines.append(
-            f"| exit classifier after conv{k + 1} (frozen CNN1) | {a:.4f} | | "
-            f"{result.depth_macs[k]:,} |"
-        )
-    lines += [
-        "",
-        "## Labels (training images)",
-        "",
-        "| labelling | "
-        + " | ".join(f"label {d} ({_convs(d + 1)})" for d in range(L))
-        + " | unlabelled (router decides) |",
-        "|---|" + "---:|" * (L + 1),
-    ]
-    for v in result.variants:
-        lines.append(f"| {v.name} | " + " | ".join(str(c) for c in v.train_labels) + " |")
-    lines += [
-        "",
-        "## Routed skipping (test set)",
-        "",
-        "| labels | router acc | CNN3 acc, routed | CNN3 acc, full depth | CNN1 acc | "
-        + " | ".join(f"depth {d + 1}" for d in range(L))
-        + " | executed MACs/image | + router | vs CNN1 |",
-        "|---|" + "---:|" * (L + 7),
-    ]
-    for v in result.variants:
-        lines.append(
-            f"| {v.name} | {v.router_acc:.4f} ({v.router_test_images} img) | {v.cnn3_acc:.4f} | "
-            f"{v.cnn3_full_depth_acc:.4f} | {result.cnn1_acc:.4f} | "
-            + " | ".join(f"{s:.1%}" for s in v.depth_share)
-            + f" | {_k(v.executed_macs)} | {_k(v.total_macs)} | "
-            f"{v.total_macs / result.cnn1_macs:.1%} |"
-        )
+    lines += ["", "## Networks", "", *_networks_table(result)]
+    lines += ["", "## Labels (training images)", "", *_labels_table(result)]
+    lines += ["", "## Routed skipping (test set)", "", *_routed_table(result)]
     lines += [
         "",
         "![accuracy against executed MACs, depths, training curves](layer-skip.png)",

@@ -1,0 +1,67 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: this command line completes itself in bash and zsh)
+"""The ``cnnas`` command line.
+
+Exit status: 0 on success, 2 on bad input (config, dataset, architecture, study name, a file)
+with one ``error: ...`` line naming what is wrong, 1 when a study stops because its trials keep
+failing, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from ._parser import build_parser
+
+__all__ = ["build_parser", "command_of", "main"]
+
+# An error message is one line a person reads; a value echoed into it (a YAML alias expanded to
+# megabytes, say) must not flood the terminal.
+MAX_MESSAGE = 2000
+
+
+def _complete(parser: object) -> None:
+    """Shell completion through argcomplete, when the shell asks for it (and only then, so a
+    normal start pays nothing for it)."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
+def _bounded(message: str) -> str:
+    text = str(message)
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 16] + " ... (cut short)"
+
+
+def command_of(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    """The function that runs the parsed command (its module imported now, not before)."""
+    module, function = args.command
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    _complete(parser)
+    args = parser.parse_args(argv)
+    # Imported only now: --help and --version need none of it.
+    from .._quiet import quiet_libraries
+    from ..errors import CnnasError
+
+    quiet_libraries()
+    try:
+        return command_of(args)(args)
+    except CnnasError as e:
+        print(f"error: {_bounded(e)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `cnnas ... | head`: the reader has gone; nothing more to say, and no traceback. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
