@@ -9,15 +9,16 @@ Repeats (``duplicate_of``) and infeasible trials train nothing and add no traini
 difference is what the product adds around training; target: at most 5% of the wall time.
 
 The breakdown times the pieces by wrapping them with timers inside this script only (no package
-code changes): the one-off set-up (``StudyRun.open``: Optuna study, MLflow experiment and parent
-run, which creates the SQLite database) and closing the parent run; Optuna outside the objective
-(ask/tell, storage); and inside the objective the architecture sampling (``suggest_spec``, where
-TPE and NSGA-II do their work, lazily at the first suggestion), ``fit()`` outside
-``trainer.fit`` (building the network and the Trainer), each ``Tracker`` call, and the rest
-(trial attributes written to the storage, parameter and MAC counts). One untimed warm-up fit runs
+code changes; the trainer is handed to the study, timed): the one-off set-up (``StudyRun.open``:
+Optuna study, MLflow experiment and parent run, which creates the SQLite database) and closing the
+parent run; Optuna outside the trials (ask/tell, storage); and inside each trial the architecture
+sampling (``propose``, where TPE and NSGA-II do their work, lazily at the first suggestion),
+``fit()`` outside ``trainer.fit`` (building the network and the Trainer), each ``Tracker`` call
+(one ``log_epoch`` per epoch: the live curves), and the rest (trial attributes written to the
+storage, the single ``record`` of the outcome). One untimed warm-up fit runs
 first: the first fit in a process pays a one-off kernel selection and lazy imports that a long
 study amortises. Trial times depend on the machine's load; the ratio is the figure to read.
-The default takes the data and epochs of the CPU preset (configs/fashion-mnist-cpu.yaml:
+The default takes the data and epochs of the CPU preset (``--preset fashion-mnist-cpu``:
 Fashion-MNIST, 20,000 images, 3 epochs) and runs about 2.5 minutes on 2 idle CPU cores. The fixed
 costs weigh most in short trials; ``--subset 6000 --epochs 2`` (2.5 s trials) is that worst case.
 
@@ -43,10 +44,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-import search
-import search._study as study_mod
-from models import ArchSpec, ConvBlock
-from objectives import fit
+from cnnas import search
+from cnnas.models import ArchSpec, ConvBlock
+from cnnas.objectives import fit
+from cnnas.search import _study as study_mod
 
 # Seconds spent in each wrapped call, and how many calls.
 TIMES: dict[str, float] = defaultdict(float)
@@ -71,17 +72,15 @@ def instrumented() -> Iterator[None]:
     """Wraps the study's pieces with timers; puts the originals back afterwards."""
     targets = [
         (search.Tracker, "start_trial", "mlflow start_trial"),
+        (search.Tracker, "log_epoch", "mlflow log_epoch"),
         (search.Tracker, "log_model", "mlflow log_model"),
-        (search.Tracker, "finish_trial", "mlflow finish_trial"),
-        (search.Tracker, "finish_infeasible", "mlflow finish_infeasible"),
-        (search.Tracker, "fail_trial", "mlflow fail_trial"),
+        (search.Tracker, "end_trial", "mlflow end_trial"),
         (search.Tracker, "end_parent", "mlflow end_parent"),
         (search.Tracker, "__init__", "open: Tracker()"),
         (search.Tracker, "parent_run", "open: parent_run"),
         (search.StudyRun, "open", "open study + parent run"),
-        (search.StudyRun, "objective", "objective"),
-        (study_mod, "fit", "fit()"),
-        (study_mod, "suggest_spec", "suggest_spec"),
+        (study_mod, "run_trial", "objective"),
+        (study_mod, "propose", "suggest_spec"),
     ]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
     for owner, attr, name in targets:
@@ -145,7 +144,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cnnas-overhead-") as project_dir:
         cfg = make_config(args, project_dir)
         start = time.perf_counter()
-        run = search.prepare(cfg)
+        run = search.prepare(cfg, trainer=_timed("fit()", fit))
         prepare_s = time.perf_counter() - start
         data = run.data
         print(
@@ -162,23 +161,16 @@ def main() -> None:
 
 
 def report(study: optuna.Study, wall: float) -> None:
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    trained = [
-        t
-        for t in complete
-        if "seconds" in t.user_attrs
-        and "duplicate_of" not in t.user_attrs
-        and "infeasible" not in t.user_attrs
-    ]
-    train = sum(float(t.user_attrs["seconds"]) for t in trained)
+    trials = search.records(study.get_trials(deepcopy=False))
+    trained = [r for r in trials if r.candidate and r.seconds is not None]
+    train = sum(r.seconds for r in trained)
     n = len(trials)
     states = ", ".join(
-        f"{sum(t.state == s for t in trials)} {s.name.lower()}"
+        f"{sum(r.state == s for r in trials)} {s.name.lower()}"
         for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     )
-    repeats = sum("duplicate_of" in t.user_attrs for t in complete)
-    infeasible = sum("infeasible" in t.user_attrs for t in complete)
+    repeats = sum(r.duplicate_of is not None for r in trials)
+    infeasible = sum(r.infeasible is not None for r in trials)
     print(
         f"trials: {n} ({states}; {len(trained)} trained, {repeats} repeats, "
         f"{infeasible} infeasible)"
@@ -211,12 +203,12 @@ def report(study: optuna.Study, wall: float) -> None:
         print(f"    {label:<56} {seconds:8.2f} s")
     print(f"  {'once: close the parent run':<58} {closed:8.2f} s")
     rows = [
-        ("optuna outside the objective (ask/tell, storage)", wall - objective - opened - closed),
+        ("optuna outside the trials (the loop, counting)", wall - objective - opened - closed),
         ("suggest_spec (the sampler's work + the space)", TIMES["suggest_spec"]),
         ("fit() outside trainer.fit (network, Trainer)", fit_total - train),
         *((f"{k} ({CALLS[k]} calls)", v) for k, v in sorted(tracker.items())),
         (
-            "rest of objective (trial attributes to storage, counts)",
+            "rest of each trial (ask/tell, attributes to the storage, record)",
             objective - TIMES["suggest_spec"] - fit_total - sum(tracker.values()),
         ),
     ]

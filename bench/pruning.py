@@ -41,11 +41,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 import optuna
 import torch
-from optuna.trial import TrialState
 from samplers import hypervolume_2d
 
-import search
-from search._pruning import PruneRule, Reference, prune_reason
+from cnnas import search
+from cnnas.search._pruning import PruneRule, Reference, prune_reason
 
 REF_LOG_PARAMS = 8.0
 
@@ -85,17 +84,10 @@ def measure(cfg: dict) -> tuple[int, float, float, optuna.Study]:
     start = time.perf_counter()
     study = search.run_study(run)
     seconds = time.perf_counter() - start
+    trials = search.records(study.get_trials(deepcopy=False))
     # A repeated architecture takes its twin's result (and curve) without training.
-    epochs = sum(
-        len(t.user_attrs.get("curves", {}).get("val_acc", []))
-        for t in study.trials
-        if "duplicate_of" not in t.user_attrs
-    )
-    points = [
-        (t.user_attrs["val_acc"], math.log10(max(t.user_attrs["params"], 1.0)))
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "val_acc" in t.user_attrs and "duplicate_of" not in t.user_attrs
-    ]
+    epochs = sum(len(r.curves.get("val_acc", [])) for r in trials if r.duplicate_of is None)
+    points = [(r.val_acc, math.log10(max(r.params, 1.0))) for r in trials if r.candidate]
     return epochs, hypervolume_2d(points, REF_LOG_PARAMS), seconds, study
 
 
@@ -103,26 +95,24 @@ def replay(study: optuna.Study, rule: PruneRule) -> tuple[int, float]:
     """Epochs and front hypervolume had ``rule`` judged the trials of the unpruned ``study``."""
     refs: list[Reference] = []
     epochs, points = 0, []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = t.user_attrs
-        if "curves" not in a or "infeasible" in a:
+    for r in search.records(study.get_trials(deepcopy=False)):
+        # A repeat takes its twin's result without training.
+        if not r.candidate or not r.curves.get("val_acc"):
             continue
-        curve = a["curves"]["val_acc"]
-        if "duplicate_of" in a:
-            continue  # a repeat takes its twin's result without training
+        curve = r.curves["val_acc"]
         # as in ParetoPruner: the last epoch is never judged (nothing left to save)
         stop = next(
             (
                 e
                 for e in range(len(curve) - 1)
-                if prune_reason(e, curve[e], float(a["params"]), refs, rule) is not None
+                if prune_reason(e, curve[e], float(r.params), refs, rule) is not None
             ),
             None,
         )
         if stop is None:
             epochs += len(curve)
-            refs.append(Reference(t.number, float(a["params"]), tuple(curve)))
-            points.append((curve[-1], math.log10(max(a["params"], 1.0))))
+            refs.append(Reference(r.number, float(r.params), tuple(curve)))
+            points.append((curve[-1], math.log10(max(r.params, 1.0))))
         else:
             epochs += stop + 1
     return epochs, hypervolume_2d(points, REF_LOG_PARAMS)

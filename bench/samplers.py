@@ -55,8 +55,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-import search
-from models import ArchSpec, count_macs, count_params
+from cnnas import search
+from cnnas.models import ArchSpec, count_macs, count_params
 
 SAMPLERS = ("tpe", "nsga2", "random")
 INPUT_SHAPE, NUM_CLASSES = (1, 28, 28), 10
@@ -159,11 +159,8 @@ def run_train(
     )
     cfg = cfg.replace("train", epochs=epochs, accelerator="cpu")
     study = search.run_study(search.prepare(cfg))
-    seconds = sum(
-        float(t.user_attrs.get("seconds", 0.0))
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "duplicate_of" not in t.user_attrs
-    )
+    trials = search.records(study.get_trials(deepcopy=False))
+    seconds = sum(r.seconds or 0.0 for r in trials if r.candidate)
     return _points(study), seconds
 
 

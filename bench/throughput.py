@@ -19,9 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from models import ArchSpec, ConvBlock, DenseLayer, build, count_macs, count_params
-from objectives import TrainConfig, fit, load_dataset
-from objectives._batches import Batches
+from cnnas.models import ArchSpec, ConvBlock, DenseLayer, build, count_macs, count_params
+from cnnas.objectives import Batches, TrainConfig, fit, load_dataset
 
 # The default Fashion-MNIST CNN of the benchmarks: two conv-pool pairs (seed 002) with BatchNorm,
 # GAP-free flatten and one dense layer; about 56k parameters.
@@ -104,7 +103,7 @@ def compile_payback(data, cfg: TrainConfig, device: torch.device, rounds: int) -
     eager_epochs, first, later = [], [], []
     for r in range(rounds):
         raw_loop(data, cfg, device, r, epoch_seconds=eager_epochs)
-        torch._dynamo.reset()
+        torch._dynamo.reset()  # noqa: SLF001 -- torch documents reset() here only
         times: list[float] = []
         raw_loop(data, cfg, device, r, compiled=True, epoch_seconds=times)
         first.append(times[0])

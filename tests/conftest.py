@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from objectives import ImageData, load_dataset
+from cnnas.objectives import ImageData, load_dataset
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +24,10 @@ def private_cache(tmp_path_factory):
         del os.environ["CNNAS_CACHE_DIR"]
     else:
         os.environ["CNNAS_CACHE_DIR"] = before
+
+
+@pytest.fixture(autouse=True)
+def no_tracking_uri_from_the_environment(monkeypatch):
+    """cnnas honours $MLFLOW_TRACKING_URI; a developer's own must not send the tests' runs to
+    their server. Tests of that precedence set it themselves."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from search._pruning import PruneRule
+from cnnas.search._pruning import PruneRule
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from search._aliases import (
+from cnnas.search._aliases import (
     CHAMPION_RULES,
     ChampionRule,
     Member,

@@ -19,14 +19,14 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-import search._study
-from models import ArchSpec, build, count_macs, count_params
-from objectives import TrialResult
-from search import ConfigError, StudyRun, load_config, prepare, run_study
-from search._config import StudyConfig
-from search._space import suggest_spec
-from search._study import constraints, make_sampler, pareto_front, state_counts
-from search.cli import main
+from cnnas.models import ArchSpec, build, count_macs, count_params
+from cnnas.objectives import TrialResult, fit
+from cnnas.search import ConfigError, StudyRun, load_config, prepare, run_study
+from cnnas.search._config import StudyConfig
+from cnnas.search._space import suggest_spec
+from cnnas.search._study import make_sampler
+from cnnas.search.cli import main
+from tests.search._helpers import counts_of, front_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -77,6 +77,7 @@ def make_run(
     space: dict | None = None,
     train: dict | None = None,
     replace_space: bool = False,
+    trainer=fit,
 ) -> StudyRun:
     """A checked, not yet opened study on digits in ``tmp_path/runs``."""
     project = tmp_path / "runs"
@@ -89,7 +90,7 @@ def make_run(
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return prepare(load_config(path))
+    return prepare(load_config(path), trainer=trainer)
 
 
 def config_of(tmp_path: Path, data: dict[str, Any]) -> StudyConfig:
@@ -112,18 +113,22 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+class CountingTrainer(list):
+    """A trainer handed to the study that records every architecture it is asked to train."""
+
+    def __init__(self, train) -> None:
+        super().__init__()
+        self.train = train
+
+    def __call__(self, spec, *args, **kwargs):
+        self.append(spec)
+        return self.train(spec, *args, **kwargs)
+
+
 @pytest.fixture
-def fit_calls(monkeypatch) -> list[ArchSpec]:
+def fit_calls() -> CountingTrainer:
     """Counts the trainings: the real ``fit``, wrapped."""
-    calls: list[ArchSpec] = []
-    real = search._study.fit
-
-    def counting(spec, *args, **kwargs):
-        calls.append(spec)
-        return real(spec, *args, **kwargs)
-
-    monkeypatch.setattr(search._study, "fit", counting)
-    return calls
+    return CountingTrainer(fit)
 
 
 def fake_result(spec: ArchSpec) -> TrialResult:
@@ -147,16 +152,9 @@ def fake_result(spec: ArchSpec) -> TrialResult:
 
 
 @pytest.fixture
-def fake_fit(monkeypatch) -> list[ArchSpec]:
-    """Replaces training by :func:`fake_result`, which is the same on every machine."""
-    calls: list[ArchSpec] = []
-
-    def fake(spec, *args, **kwargs):
-        calls.append(spec)
-        return fake_result(spec)
-
-    monkeypatch.setattr(search._study, "fit", fake)
-    return calls
+def fake_fit() -> CountingTrainer:
+    """Training replaced by :func:`fake_result`, which is the same on every machine."""
+    return CountingTrainer(lambda spec, *args, **kwargs: fake_result(spec))
 
 
 # --- an architecture over budget is not trained ------------------------------------------------
@@ -176,8 +174,7 @@ def test_an_over_budget_architecture_is_rejected_without_training(
         calls.append(spec)
         raise AssertionError("an infeasible architecture was trained")
 
-    monkeypatch.setattr(search._study, "fit", no_training)
-    run = make_run(tmp_path, seed_mlflow, study={"trials": 5, **budget})
+    run = make_run(tmp_path, seed_mlflow, study={"trials": 5, **budget}, trainer=no_training)
     study = run_study(run)
     assert calls == []
     trials = study.trials
@@ -191,7 +188,6 @@ def test_an_over_budget_architecture_is_rejected_without_training(
         assert len(violations) == 2
         assert violations[index] == float((params, macs)[index] - 50) > 0
         assert violations[1 - index] == 0.0
-        assert constraints(t) == violations
         # The samplers see the constraints: set on the trial (Optuna 5) or by constraints_func.
         assert sampler_constraints(t) == violations
         # Accuracy 0, the real complexity: never better than a trained network.
@@ -208,8 +204,8 @@ def test_an_over_budget_architecture_is_rejected_without_training(
         assert client.get_metric_history(a["mlflow_run_id"], "val_acc") == []
         assert mlflow_run.data.metrics["params"] == params
         assert mlflow_run.data.metrics["macs"] == macs
-    assert pareto_front(study) == []
-    counts = state_counts(study)
+    assert front_of(study) == []
+    counts = counts_of(study)
     assert counts["trials_complete"] == 5
     assert counts["trials_infeasible"] == 5
     assert counts["trials_duplicate"] == 0
@@ -220,7 +216,9 @@ def test_an_over_budget_architecture_is_rejected_without_training(
 
 
 def test_a_generous_budget_rejects_nothing(tmp_path, seed_mlflow, fake_fit):
-    run = make_run(tmp_path, seed_mlflow, study={"trials": 3, "max_params": 10**9})
+    run = make_run(
+        tmp_path, seed_mlflow, study={"trials": 3, "max_params": 10**9}, trainer=fake_fit
+    )
     study = run_study(run)
     for t in study.trials:
         assert "infeasible" not in t.user_attrs
@@ -230,7 +228,6 @@ def test_a_generous_budget_rejects_nothing(tmp_path, seed_mlflow, fake_fit):
 
 
 def test_the_cli_reports_infeasible_trials(tmp_path, seed_mlflow, monkeypatch, capsys):
-    monkeypatch.setattr(search._study, "fit", lambda *a, **k: pytest.fail("trained"))
     project = tmp_path / "runs"
     seed_mlflow(project)
     config = {
@@ -313,6 +310,7 @@ def test_tpe_study_learns_the_budget(tmp_path, seed_mlflow, fake_fit):
         study={"trials": 30, "seed": 1, "max_params": BUDGET},
         space=BUDGET_SPACE,
         replace_space=True,
+        trainer=fake_fit,
     )
     study = run_study(run)
     assert isinstance(study.sampler, optuna.samplers.TPESampler)
@@ -327,7 +325,7 @@ def test_tpe_study_learns_the_budget(tmp_path, seed_mlflow, fake_fit):
     trained = [t for t in study.trials if "infeasible" not in t.user_attrs]
     firsts = [t for t in trained if "duplicate_of" not in t.user_attrs]
     assert len(fake_fit) == len(firsts)
-    assert {t.number for t in pareto_front(study)} <= {t.number for t in firsts}
+    assert {t.number for t in front_of(study)} <= {t.number for t in firsts}
 
 
 def test_nsga2_runs_with_the_constraints_and_marks_infeasible_trials(
@@ -339,6 +337,7 @@ def test_nsga2_runs_with_the_constraints_and_marks_infeasible_trials(
         study={"trials": 12, "sampler": "nsga2", "max_params": BUDGET},
         space=BUDGET_SPACE,
         replace_space=True,
+        trainer=fake_fit,
     )
     study = run_study(run)
     assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
@@ -357,7 +356,7 @@ def test_nsga2_runs_with_the_constraints_and_marks_infeasible_trials(
             assert violations[0] <= 0 and t.values[0] > 0.0
             assert "cnnas.infeasible" not in tags
     assert all(count_params(spec) <= BUDGET for spec in fake_fit)
-    assert state_counts(study)["trials_infeasible"] == 12 - sum(flags)
+    assert counts_of(study)["trials_infeasible"] == 12 - sum(flags)
 
 
 # --- a repeated architecture is not trained again ------------------------------------------------
@@ -384,6 +383,7 @@ def test_a_repeated_architecture_is_not_trained_again(tmp_path, seed_mlflow, fit
         study={"trials": 5, "sampler": "random"},
         space=REPEAT_SPACE,
         replace_space=True,
+        trainer=fit_calls,
     )
     run.open()
     plain = {"base_filters": 4, "augment": False}
@@ -423,9 +423,9 @@ def test_a_repeated_architecture_is_not_trained_again(tmp_path, seed_mlflow, fit
         curve = study.trials[original].user_attrs["curves"]["val_acc"]
         assert [m.value for m in history] == pytest.approx(curve)
     # A repeat is no new point: the front names originals only.
-    front = {t.number for t in pareto_front(study)}
+    front = {t.number for t in front_of(study)}
     assert front and front <= {0, 2, 4}
-    counts = state_counts(study)
+    counts = counts_of(study)
     assert counts["trials_duplicate"] == 2 and counts["trials_complete"] == 5
     # Looking the original up takes no training time.
     assert seconds(t1) < 1.0 and seconds(t3) < 1.0
@@ -442,6 +442,7 @@ def test_a_repeat_is_recognised_by_the_network_not_the_parameters(tmp_path, seed
         study={"trials": 2, "sampler": "random"},
         space=space,
         replace_space=True,
+        trainer=fit_calls,
     )
     run.open()
     run.study.enqueue_trial({"growth": "constant"})
@@ -452,7 +453,7 @@ def test_a_repeat_is_recognised_by_the_network_not_the_parameters(tmp_path, seed
     assert t0.user_attrs["spec"] == t1.user_attrs["spec"]
     assert t1.user_attrs["duplicate_of"] == 0
     assert len(fit_calls) == 1
-    assert [t.number for t in pareto_front(study)] == [0]
+    assert [t.number for t in front_of(study)] == [0]
 
 
 def test_the_front_lists_the_original_not_its_repeat(tmp_path, seed_mlflow, fit_calls):
@@ -462,13 +463,14 @@ def test_the_front_lists_the_original_not_its_repeat(tmp_path, seed_mlflow, fit_
         study={"trials": 2, "sampler": "random"},
         space=REPEAT_SPACE,
         replace_space=True,
+        trainer=fit_calls,
     )
     run.open()
     for _ in range(2):
         run.study.enqueue_trial({"base_filters": 8, "augment": False})
     study = run_study(run)
     assert len(fit_calls) == 1
-    assert [t.number for t in pareto_front(study)] == [0]
+    assert [t.number for t in front_of(study)] == [0]
     # Optuna's own front would list both: the repeat has the same values.
     assert sorted(t.number for t in study.best_trials) == [0, 1]
 
@@ -499,6 +501,7 @@ def test_multi_head_trials_log_per_head_accuracies(tmp_path, seed_mlflow, fit_ca
         space=space,
         train={"epochs": 2},
         replace_space=True,
+        trainer=fit_calls,
     )
     study = run_study(run)
     (t,) = study.trials
@@ -572,7 +575,7 @@ def test_flip_is_allowed_when_no_trial_augments_digits(tmp_path):
 
 
 def test_flip_is_allowed_for_fashion_mnist(tmp_path):
-    from objectives import DatasetError
+    from cnnas.objectives import DatasetError
 
     # The flip check passes, so prepare goes on to the dataset, which is missing here.
     empty = tmp_path / "no-data"
@@ -607,13 +610,13 @@ def test_flipping_digits_through_the_cli(tmp_path, capsys):
 
 
 def test_a_failure_after_training_closes_the_run(tmp_path, seed_mlflow, fake_fit, monkeypatch):
-    from search._tracking import Tracker
+    from cnnas.search._tracking import Tracker
 
     def full_disk(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Tracker, "log_model", full_disk)
-    run = make_run(tmp_path, seed_mlflow, study={"trials": 1})
+    run = make_run(tmp_path, seed_mlflow, study={"trials": 1}, trainer=fake_fit)
     run_study(run)
     (t,) = run.study.trials
     assert t.state == TrialState.FAIL

@@ -12,9 +12,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-import search._study
-from models import ArchSpec, ConvBlock, DenseLayer, count_macs, count_params
-from search.cli import build_parser, main
+from cnnas.models import ArchSpec, ConvBlock, DenseLayer, count_macs, count_params
+from cnnas.search import StudyRun
+from cnnas.search.cli import build_parser, main
 
 FASHION_FILES = (
     "train-images-idx3-ubyte",
@@ -70,7 +70,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
     """
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CNNAS_DATA_DIR", raising=False)
-    monkeypatch.setattr(search._study.StudyRun, "open", _input_was_accepted)
+    monkeypatch.setattr(StudyRun, "open", _input_was_accepted)
     return tmp_path
 
 

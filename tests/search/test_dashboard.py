@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from search.cli import build_parser
+from cnnas.search.cli import build_parser
 
 
 def free_port() -> int:
@@ -30,7 +30,7 @@ def get_json(url: str) -> dict | None:
 
 
 def cnnas(*args: str, cwd: Path) -> subprocess.Popen:
-    code = "import sys; from search.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from cnnas.search.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
         cwd=cwd,
@@ -102,7 +102,7 @@ def test_dashboard_warns_when_exposed(tmp_path: Path, monkeypatch, capsys) -> No
     import optuna
     import optuna_dashboard
 
-    from search import cli
+    from cnnas.search import cli
 
     runs = tmp_path / "runs"
     runs.mkdir()

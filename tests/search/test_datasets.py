@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import functools
 import http.server
 import json
@@ -14,10 +13,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from objectives import DatasetError
-from objectives._fetch import REMOTES, Remote
-from search import StudyConfig, cli, prepare, run_study
-from search._data_cli import add_parsers
+from cnnas.objectives._fetch import REMOTES, Remote
+from cnnas.search import StudyConfig, cli, prepare, run_study
 from tests.objectives.datasets import (
     IDX_STEMS,
     emnist_stems,
@@ -241,15 +238,8 @@ def test_height_without_width_is_a_config_error(tmp_path: Path, capsys) -> None:
 
 
 def data_cli(argv: list[str]) -> int:
-    """The `data` commands as cnnas's main() runs them (DatasetError -> exit status 2)."""
-    parser = argparse.ArgumentParser(prog="cnnas")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except DatasetError as e:
-        print(f"error: {e}", file=__import__("sys").stderr)
-        return 2
+    """The `data` commands through cnnas's main() (DatasetError -> exit status 2)."""
+    return cli.main(argv)
 
 
 @pytest.fixture

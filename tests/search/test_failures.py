@@ -17,9 +17,10 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-import search._study as study_module
-from objectives import fit as real_fit
-from search import load_config, pareto_front, prepare, run_study
+from cnnas.objectives import fit as real_fit
+from cnnas.search import load_config, prepare, run_study
+from cnnas.search.errors import StudyFailing
+from tests.search._helpers import front_of
 
 SEED = 11
 CONFIG = {
@@ -62,8 +63,7 @@ def test_a_nan_loss_fails_its_trial_and_run_and_the_study_goes_on(tmp_path, monk
             return dataclasses.replace(result, train_loss=float("nan"), val_loss=float("inf"))
         return result
 
-    monkeypatch.setattr(study_module, "fit", diverging)
-    study = run_study(prepare(load_config(config(tmp_path))))
+    study = run_study(prepare(load_config(config(tmp_path)), trainer=diverging))
     states = [t.state for t in study.trials]
     assert len(states) == 4 and states.count(TrialState.FAIL) == 1
     bad = study.trials[1]
@@ -81,8 +81,7 @@ def test_an_exception_fails_its_trial_and_run_and_the_study_goes_on(tmp_path, mo
             raise ValueError("simulated crash in training")
         return real_fit(spec, data, cfg, seed=seed, callbacks=callbacks)
 
-    monkeypatch.setattr(study_module, "fit", crashing)
-    study = run_study(prepare(load_config(config(tmp_path))))
+    study = run_study(prepare(load_config(config(tmp_path)), trainer=crashing))
     assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 3
     bad = study.trials[2]
     assert bad.state == TrialState.FAIL
@@ -105,8 +104,7 @@ def test_out_of_memory_retries_at_half_the_batch_then_marks_infeasible(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_fit(spec, data, cfg, seed=seed, callbacks=callbacks)
 
-    monkeypatch.setattr(study_module, "fit", short_of_memory)
-    study = run_study(prepare(load_config(config(tmp_path))))
+    study = run_study(prepare(load_config(config(tmp_path)), trainer=short_of_memory))
     assert len(study.trials) == 4
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert batches[0] == [64, 32] and batches[1] == [64, 32] and batches[2] == [64]
@@ -115,7 +113,7 @@ def test_out_of_memory_retries_at_half_the_batch_then_marks_infeasible(
     assert retried.values[0] == retried.user_attrs["val_acc"] > 0
     assert hopeless.user_attrs["infeasible"] == "out of memory at batch size 32 on cpu"
     assert hopeless.values[0] == 0.0
-    assert hopeless.number not in {t.number for t in pareto_front(study)}
+    assert hopeless.number not in {t.number for t in front_of(study)}
     run = client(tmp_path).get_run(hopeless.user_attrs["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert "out of memory" in run.data.tags["cnnas.infeasible"]
@@ -128,9 +126,8 @@ def test_out_of_memory_without_retry_is_infeasible_at_once(tmp_path, monkeypatch
         calls.append(cfg.batch_size)
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(study_module, "fit", short_of_memory)
     cfg = load_config(config(tmp_path)).replace("train", oom_retry=False)
-    study = run_study(prepare(cfg.replace("study", trials=2)))
+    study = run_study(prepare(cfg.replace("study", trials=2), trainer=short_of_memory))
     assert calls == [64, 64]
     assert all("out of memory at batch size 64" in t.user_attrs["infeasible"] for t in study.trials)
 
@@ -139,6 +136,5 @@ def test_other_runtime_errors_are_failures_not_memory(tmp_path, monkeypatch) -> 
     def broken(spec, data, cfg, *, seed, callbacks=()):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(study_module, "fit", broken)
-    with pytest.raises(study_module.StudyFailing, match="shapes cannot be multiplied"):
-        run_study(prepare(load_config(config(tmp_path))))
+    with pytest.raises(StudyFailing, match="shapes cannot be multiplied"):
+        run_study(prepare(load_config(config(tmp_path)), trainer=broken))

@@ -10,8 +10,9 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from search import ConfigError, load_config, pareto_front, prepare, run_study
-from search._pruning import PruneRule, Reference, prune_reason
+from cnnas.search import ConfigError, load_config, prepare, run_study
+from cnnas.search._pruning import PruneRule, Reference, prune_reason
+from tests.search._helpers import front_of
 
 RULE = PruneRule(margin=0.02, min_better=2, warmup_epochs=1)
 
@@ -97,7 +98,7 @@ def test_a_pruned_multi_objective_study_completes_with_a_valid_front(tmp_path, s
     assert len(states) == 20 and TrialState.RUNNING not in states
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert len(pruned) >= 3, f"only {len(pruned)} pruned"
-    front = pareto_front(study)
+    front = front_of(study)
     assert front and all(t.state == TrialState.COMPLETE for t in front)
     client = MlflowClient(tracking_uri=run.tracker.uri)
     for t in pruned:
@@ -145,7 +146,7 @@ def test_a_single_objective_study_is_pruned_by_optunas_pruner(tmp_path, method) 
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert all(len(t.values) == 1 and t.values[0] == t.user_attrs["val_acc"] for t in complete)
     # the accuracy-versus-size front is still drawn, from the recorded parameter counts
-    front = pareto_front(study)
+    front = front_of(study)
     assert front
     sizes = [t.user_attrs["params"] for t in front]
     accs = [t.values[0] for t in front]
@@ -154,7 +155,7 @@ def test_a_single_objective_study_is_pruned_by_optunas_pruner(tmp_path, method) 
 
 
 def test_a_study_cannot_change_its_number_of_objectives(tmp_path) -> None:
-    from search import StudyMismatch
+    from cnnas.search import StudyMismatch
 
     cfg = load_config(write_config(tmp_path, "tpe")).replace("study", trials=1)
     cfg = cfg.replace("pruning", method="none")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -33,11 +34,11 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-import models
-import search
-from search import cli
-from search._aliases import ChampionRule, assign_aliases
-from search._registry import _member, confusion_matrix
+from cnnas import models, search
+from cnnas.objectives import confusion_matrix
+from cnnas.search import cli
+from cnnas.search._aliases import ChampionRule, assign_aliases
+from tests.search._helpers import front_of, members_of
 
 ALIASES = ("most-accurate", "smallest", "best-ratio", "knee", "champion")
 
@@ -105,7 +106,7 @@ def alias_versions(client: MlflowClient, name: str) -> dict[str, str]:
 
 
 def front_numbers(study: optuna.Study) -> set[int]:
-    return {t.number for t in search.front_trials(study)}
+    return {t.number for t in front_of(study)}
 
 
 def source_path(version) -> Path:
@@ -221,7 +222,7 @@ def pulled(alpha, tmp_path_factory) -> tuple[Path, str]:
 def test_start_registers_every_front_member_once_with_its_metrics(alpha) -> None:
     study, client = alpha.study(), alpha.client
     assert f"registered model '{alpha.model}'" in alpha.start_out
-    front = search.front_trials(study)
+    front = front_of(study)
     registered = versions(client, alpha.model)
     assert sorted(int(v.tags["cnnas.trial"]) for v in registered.values()) == sorted(
         t.number for t in front
@@ -241,7 +242,7 @@ def test_start_registers_every_front_member_once_with_its_metrics(alpha) -> None
         weights = source_path(v) / models.WEIGHTS_FILE
         assert v.tags["cnnas.sha256"] == models.sha256_file(weights)
     # Default rule: the champion is the most accurate member; aliases follow the alias rules.
-    expected = assign_aliases([_member(t) for t in front], ChampionRule())
+    expected = assign_aliases(members_of(front), ChampionRule())
     by_trial = {v.tags["cnnas.trial"]: k for k, v in registered.items()}
     assert alias_versions(client, alpha.model) == {
         a: by_trial[str(m.trial)] for a, m in expected.items()
@@ -302,9 +303,52 @@ def test_recorded_test_accuracy_is_what_evaluate_prints(alpha, pulled, digits) -
     assert printed, out
     assert printed[1] == f"{acc:.4f}"
     assert "confusion matrix (rows: true class, columns: predicted)" in out
-    # One row per class; each row's counts are that row of the matrix.
-    rows = [line.split() for line in out.splitlines() if re.fullmatch(r"\s*\d( +\d+){11}", line)]
-    assert [[int(v) for v in r[1:11]] for r in rows] == matrix.tolist()
+    # One row per class, named, and then exactly that row of the matrix.
+    rows = [line.split() for line in out.splitlines() if re.fullmatch(r"\s*\d( +\d+){10}", line)]
+    assert [r[0] for r in rows] == [str(k) for k in range(10)]
+    assert [[int(v) for v in r[1:]] for r in rows] == matrix.tolist()
+    rc, out, err = cnnas("evaluate", folder, "--split", "test", "--json")
+    assert rc == 0, err
+    document = json.loads(out)
+    assert document["accuracy"] == acc and document["images"] == 359
+    assert document["confusion_matrix"] == matrix.tolist()
+    assert document["classes"] == [str(k) for k in range(10)]
+
+
+def test_status_and_pareto_json_list_the_same_front(alpha) -> None:
+    rc, out, err = cnnas("study", "status", alpha.name, "--config", alpha.config, "--json")
+    assert rc == 0, err
+    status = json.loads(out)
+    assert status["study"] == alpha.name and status["complexity"] == "params"
+    assert status["trials"]["planned"] == status["trials"]["counted"] == 5
+    front = {t["number"] for t in status["front"]}
+    assert front == front_numbers(alpha.study())
+    rc, out, err = cnnas("pareto", alpha.name, "--config", alpha.config, "--json")
+    assert rc == 0, err
+    pareto = json.loads(out)
+    assert {t["number"] for t in pareto["front"]} == front
+    recorded = alpha.study().user_attrs["test_accuracy"]
+    for t in pareto["front"]:
+        assert t["test_acc"] == recorded[str(t["number"])]
+        assert set(t) >= {"val_acc", "params", "macs", "architecture", "spec_hash", "mlflow_run_id"}
+    assert Path(pareto["plot"]["png"]).is_file()
+
+
+def test_predict_json_gives_every_class_probability(pulled, tmp_path) -> None:
+    from PIL import Image
+
+    folder, _ = pulled
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(image)
+    rc, out, err = cnnas("predict", folder, image, image, "--json")
+    assert rc == 0, err
+    rows = json.loads(out)["predictions"]
+    assert [r["image"] for r in rows] == [str(image)] * 2
+    for r in rows:
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-5
+        assert (
+            r["probabilities"][r["label"]] == r["probability"] == max(r["probabilities"].values())
+        )
 
 
 # --- 2. tampering ---------------------------------------------------------------------------------
@@ -456,7 +500,7 @@ def test_registering_again_is_idempotent_and_aliases_follow_the_front(
     assert [t.state for t in new] == [TrialState.COMPLETE] * 2
     assert not {t.user_attrs["spec_hash"] for t in new} & done
     assert {t.params["base_filters"] for t in new} == {4, 16}
-    front = search.front_trials(study)
+    front = front_of(study)
     now_front = {t.number for t in front}
     assert now_front != first_front
     assert 5 in now_front, "the smallest network is always on the front"
@@ -482,7 +526,7 @@ def test_registering_again_is_idempotent_and_aliases_follow_the_front(
         assert most_accurate.number == 6, "only the large newcomer can have overtaken"
     assert aliases["champion"] == version_of[most_accurate.number]
     assert aliases["smallest"] == version_of[5]
-    expected = assign_aliases([_member(t) for t in front], ChampionRule())
+    expected = assign_aliases(members_of(front), ChampionRule())
     assert aliases == {a: version_of[m.trial] for a, m in expected.items()}
 
 
@@ -541,7 +585,7 @@ def test_champion_follows_the_configured_rule_and_a_stale_one_is_removed(
     b = build(tmp_path, "delta", study={"trials": 4})
     monkeypatch.chdir(tmp_path)
     client = b.client
-    front = sorted(search.front_trials(b.study()), key=lambda t: t.user_attrs["params"])
+    front = sorted(front_of(b.study()), key=lambda t: t.user_attrs["params"])
     assert len(front) >= 2, [t.user_attrs for t in front]
     version_of = {int(v.tags["cnnas.trial"]): k for k, v in versions(client, b.model).items()}
     registered = set(version_of.values())
@@ -584,8 +628,8 @@ def test_registering_a_macs_study_again_changes_nothing(build, tmp_path, monkeyp
     b = build(tmp_path, "mu", study={"complexity": "macs"})
     monkeypatch.chdir(tmp_path)
     study = b.study()
-    by_macs = {t.number for t in search.front_trials(study, "macs")}
-    if by_macs == {t.number for t in search.front_trials(study, "params")}:
+    by_macs = {t.number for t in front_of(study, "macs")}
+    if by_macs == {t.number for t in front_of(study, "params")}:
         pytest.skip("this study's params and MACs fronts happen to agree")
     before = versions(b.client, b.model)
     assert {int(v.tags["cnnas.trial"]) for v in before.values()} == by_macs
@@ -604,7 +648,7 @@ def test_pareto_prints_the_front_with_test_accuracy_and_writes_plots(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     study = alpha.study()
-    front = search.front_trials(study)
+    front = front_of(study)
     rc, out, err = cnnas("pareto", "alpha", "--config", alpha.config)
     assert rc == 0, err
     header = next(line for line in out.splitlines() if line.startswith("trial"))
@@ -633,7 +677,7 @@ def test_pareto_prints_the_front_with_test_accuracy_and_writes_plots(
     )
     assert rc == 0 and rc2 == 0, err + err2
     assert "val_acc up, MACs down" in out2
-    macs_front = {t.number for t in search.front_trials(study, "macs")}
+    macs_front = {t.number for t in front_of(study, "macs")}
     rows = {int(line.split()[0]) for line in out2.splitlines() if re.match(r" +\d", line)}
     assert rows == macs_front
     assert (other / "pareto.png").read_bytes()[:4] == b"\x89PNG"

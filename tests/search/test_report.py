@@ -16,6 +16,7 @@ import io
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import optuna
 import optuna_dashboard
@@ -24,10 +25,9 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-import search
-from search import cli
-from search._report import DASHBOARD_ARTIFACTS, SECTIONS, dashboard_artifact_store
-from search._report_cli import add_parsers
+from cnnas.search import cli
+from cnnas.search.report import DASHBOARD_ARTIFACTS, SECTIONS, dashboard_artifact_store
+from tests.search._helpers import front_of
 
 SPACE = {
     "blocks": [1, 2],
@@ -55,25 +55,14 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-_build_parser = cli.build_parser
-
-
-def subcommands(p: argparse.ArgumentParser) -> argparse._SubParsersAction:
-    (sub,) = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+def subcommands(p: argparse.ArgumentParser) -> Any:
+    # argparse has no public way to list a parser's subcommands or options.
+    (sub,) = [a for a in p._actions if a.choices and isinstance(a.choices, dict)]  # noqa: SLF001
     return sub
 
 
-def parser_with_report() -> argparse.ArgumentParser:
-    """``cnnas``'s parser with ``report``, whether or not cli.build_parser registers it yet."""
-    p = _build_parser()
-    if "report" not in subcommands(p).choices:
-        add_parsers(subcommands(p))
-    return p
-
-
-@pytest.fixture
-def with_report(monkeypatch):
-    monkeypatch.setattr(cli, "build_parser", parser_with_report)
+def options(p: argparse.ArgumentParser) -> set[str]:
+    return {o for a in p._actions for o in a.option_strings}  # noqa: SLF001
 
 
 def cnnas(*argv: object) -> tuple[int, str, str]:
@@ -121,9 +110,7 @@ def finished(tmp_path_factory, mlflow_db_template) -> tuple[Path, Path]:
 def reported(finished) -> tuple[Path, Path, str]:
     """``cnnas report rep`` once: (report folder, config, stdout)."""
     root, config = finished
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "build_parser", parser_with_report)
-        rc, out, err = cnnas("report", "rep", "--config", config)
+    rc, out, err = cnnas("report", "rep", "--config", config)
     assert rc == 0, err
     return root / "runs" / "reports" / "rep", config, out
 
@@ -171,7 +158,7 @@ def test_the_front_table_lists_each_member_with_test_accuracy_and_aliases(
     folder, _, _ = reported
     root, _ = finished
     study = open_study(root / "runs", "rep")
-    front = search.front_trials(study)
+    front = front_of(study)
     assert front
     tests = study.user_attrs["test_accuracy"]
     body = section((folder / "report.html").read_text(), "front")
@@ -212,7 +199,7 @@ def test_the_markdown_summary_has_the_table_the_counts_and_links_to_the_pngs(
     folder, _, _ = reported
     root, _ = finished
     md = (folder / "report.md").read_text()
-    front = search.front_trials(open_study(root / "runs", "rep"))
+    front = front_of(open_study(root / "runs", "rep"))
     assert "| trial | val_acc | test_acc |" in md
     for t in front:
         assert re.search(rf"^\| {t.number} \| {t.user_attrs['val_acc']:.4f} \|", md, re.M)
@@ -227,7 +214,7 @@ def test_the_markdown_summary_has_the_table_the_counts_and_links_to_the_pngs(
 def test_the_champion_is_the_rule_pick_when_nothing_is_registered(reported, finished) -> None:
     folder, _, out = reported
     root, _ = finished
-    front = search.front_trials(open_study(root / "runs", "rep"))
+    front = front_of(open_study(root / "runs", "rep"))
     best = max(front, key=lambda t: (t.user_attrs["val_acc"], -t.user_attrs["params"]))
     said = f"trial {best.number}, picked by the champion rule 'most_accurate'"
     assert said in out
@@ -258,7 +245,8 @@ def test_the_dashboard_note_shows_the_plots_from_its_artifact_store(reported, fi
     for name in ("pareto.png", "confusion.png"):
         artifact_id = metas[name].artifact_id
         # The note links the artifacts where optuna-dashboard serves them.
-        assert f"](/artifacts/{study._study_id}/{artifact_id})" in note
+        study_id = study._study_id  # noqa: SLF001 -- the dashboard's URLs carry Optuna's id
+        assert f"](/artifacts/{study_id}/{artifact_id})" in note
         with store.open_reader(artifact_id) as f:
             assert f.read() == (root / "runs" / "reports" / "rep" / name).read_bytes()
     assert (root / "runs" / DASHBOARD_ARTIFACTS).is_dir()
@@ -266,7 +254,7 @@ def test_the_dashboard_note_shows_the_plots_from_its_artifact_store(reported, fi
 
 @pytest.mark.slow
 def test_a_second_report_replaces_the_dashboard_files_and_uses_the_registered_champion(
-    finished, tmp_path, with_report
+    finished, tmp_path
 ) -> None:
     root, config = finished
     work = tmp_path / "copy"
@@ -298,7 +286,7 @@ def test_a_second_report_replaces_the_dashboard_files_and_uses_the_registered_ch
 
 @pytest.mark.slow
 def test_without_test_evaluation_the_page_says_why_the_matrix_is_missing(
-    finished, tmp_path, with_report
+    finished, tmp_path
 ) -> None:
     _root, config = finished
     rc, _out, err = cnnas(
@@ -315,7 +303,7 @@ def test_without_test_evaluation_the_page_says_why_the_matrix_is_missing(
 
 @pytest.mark.slow
 def test_a_study_with_one_trained_trial_explains_the_missing_importances(
-    tmp_path, seed_mlflow, with_report
+    tmp_path, seed_mlflow
 ) -> None:
     seed_mlflow(tmp_path / "runs")
     config = write_config(tmp_path, "one", trials=1)
@@ -333,7 +321,7 @@ def test_a_study_with_one_trained_trial_explains_the_missing_importances(
 
 
 @pytest.mark.slow
-def test_an_unknown_study_exits_2_and_names_the_known_ones(finished, with_report) -> None:
+def test_an_unknown_study_exits_2_and_names_the_known_ones(finished) -> None:
     root, config = finished
     rc, _out, err = cnnas("report", "nope", "--config", config)
     assert rc == 2
@@ -342,7 +330,7 @@ def test_an_unknown_study_exits_2_and_names_the_known_ones(finished, with_report
 
 
 @pytest.mark.slow
-def test_a_project_without_a_study_storage_exits_2(tmp_path, with_report) -> None:
+def test_a_project_without_a_study_storage_exits_2(tmp_path) -> None:
     rc, _, err = cnnas("report", "rep", "--project-dir", tmp_path / "empty")
     assert rc == 2
     assert "no study storage" in err
@@ -350,9 +338,7 @@ def test_a_project_without_a_study_storage_exits_2(tmp_path, with_report) -> Non
 
 
 def test_the_report_parser_takes_the_same_study_reference_as_pareto() -> None:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    add_parsers(sub)
+    p = cli.build_parser()
     args = p.parse_args(["report", "s", "--complexity", "macs", "--out", "x", "--no-test"])
     assert (args.name, args.complexity, args.out, args.no_test, args.no_log) == (
         "s",
@@ -361,9 +347,10 @@ def test_the_report_parser_takes_the_same_study_reference_as_pareto() -> None:
         True,
         False,
     )
-    pareto = subcommands(_build_parser()).choices["pareto"]
-    pareto_opts = {o for a in pareto._actions for o in a.option_strings}
-    report_opts = {o for a in sub.choices["report"]._actions for o in a.option_strings}
+    pareto = subcommands(cli.build_parser()).choices["pareto"]
+    pareto_opts = options(pareto) - {"--json"}
+    report = subcommands(p).choices["report"]
+    report_opts = options(report)
     assert pareto_opts <= report_opts
     with pytest.raises(SystemExit):
         p.parse_args(["report", "s", "--complexity", "flops"])
@@ -391,9 +378,10 @@ def test_optuna_dashboard_serves_the_plots_the_note_links(reported, finished) ->
 
     root, _ = finished
     study = open_study(root / "runs", "rep")
-    app = optuna_dashboard.wsgi(
-        study._storage, artifact_store=dashboard_artifact_store(root / "runs")
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(root / "runs" / "optuna.journal"))
     )
+    app = optuna_dashboard.wsgi(storage, artifact_store=dashboard_artifact_store(root / "runs"))
     (link,) = re.findall(
         r"\]\((/artifacts/[^)]+)\)",
         optuna_dashboard.get_note(study).split("## Confusion matrix")[1],
@@ -407,9 +395,7 @@ def test_optuna_dashboard_serves_the_plots_the_note_links(reported, finished) ->
 
 
 @pytest.mark.slow
-def test_a_study_with_nothing_trained_gets_a_report_that_says_so(
-    tmp_path, seed_mlflow, with_report
-) -> None:
+def test_a_study_with_nothing_trained_gets_a_report_that_says_so(tmp_path, seed_mlflow) -> None:
     seed_mlflow(tmp_path / "runs")
     config = write_config(tmp_path, "none", trials=2, max_params=10)
     rc, _, err = cnnas("study", "start", "--config", config, "--no-register")
@@ -440,8 +426,9 @@ def test_a_study_with_nothing_trained_gets_a_report_that_says_so(
 def test_a_trials_device_is_the_recorded_one_else_the_configured(
     recorded, configured, shown
 ) -> None:
-    from search._report import _device_of
+    from cnnas.search._records import TrialRecord
+    from cnnas.search.report._collect import _device_of
 
     attrs = {"device": recorded} if recorded else {}
     trial = optuna.trial.create_trial(value=0.5, user_attrs=attrs)
-    assert _device_of(trial, configured) == shown
+    assert _device_of(TrialRecord.from_trial(trial), configured) == shown

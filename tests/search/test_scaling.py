@@ -23,8 +23,9 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from search import cli, load_config, prepare, run_study
-from search._study import open_storage
+from cnnas.search import cli, load_config, prepare, run_study
+from cnnas.search._storage import open_storage
+from cnnas.search.cli._servers import tracking_server_command
 
 PG = ("127.0.0.1", 5432)
 TINY_SPACE = {
@@ -97,7 +98,7 @@ def write_config(tmp_path: Path, name: str, trials: int, **study) -> Path:
 def cnnas(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "search.cli", *args],
+        [sys.executable, "-m", "cnnas", *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -339,24 +340,26 @@ def test_ctrl_c_fails_the_running_trial_and_the_study_resumes(tmp_path: Path) ->
     cfg = load_config(config)
 
     def training() -> bool:
+        """A trial is RUNNING and its MLflow run already holds an epoch: it is training."""
         assert proc.poll() is None, proc.stdout.read()
         if not (tmp_path / "runs" / "optuna.journal").exists():
             return False
         study = optuna.load_study(study_name="interrupted", storage=open_storage(cfg))
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
         return any(
             "mlflow_run_id" in t.user_attrs
+            and client.get_metric_history(t.user_attrs["mlflow_run_id"], "val_acc")
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         )
 
-    wait_for("a running trial", training, timeout=180)
-    time.sleep(0.5)
+    wait_for("a trial in training", training, timeout=180)
     proc.send_signal(signal.SIGINT)
     code, out = finish(proc)
     assert code == 130, out
     assert "run the same command to resume" in out
     study = optuna.load_study(study_name="interrupted", storage=open_storage(cfg))
     (stopped,) = study.trials
-    assert stopped.state == TrialState.FAIL
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["interrupted"] is True
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     assert client.get_run(stopped.user_attrs["mlflow_run_id"]).info.status == "KILLED"
     # resumable: the same command runs the rest
@@ -364,7 +367,8 @@ def test_ctrl_c_fails_the_running_trial_and_the_study_resumes(tmp_path: Path) ->
     code, out = finish(cnnas("study", "start", "--config", str(config), cwd=tmp_path))
     assert code == 0, out
     study = optuna.load_study(study_name="interrupted", storage=open_storage(cfg))
-    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 2
+    # The interrupted trial does not use up a slot: the study reaches its 3 trained trials.
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 3
     assert all(r.info.status != "RUNNING" for r in client.search_runs(["1"]))
 
 
@@ -432,7 +436,7 @@ def test_the_servers_bind_to_loopback_by_default() -> None:
     parser = cli.build_parser()
     assert parser.parse_args(["tracking-server"]).host == "127.0.0.1"
     assert parser.parse_args(["dashboard"]).host == "127.0.0.1"
-    command = cli.tracking_server_command("sqlite:///x.db", "art", "127.0.0.1", 5000)
+    command = tracking_server_command("sqlite:///x.db", "art", "127.0.0.1", 5000)
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert "--serve-artifacts" in command
 
@@ -440,7 +444,7 @@ def test_the_servers_bind_to_loopback_by_default() -> None:
 def test_the_tracking_server_warns_when_exposed(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
     assert cli.main(["tracking-server", "--host", "0.0.0.0"]) == 0
     assert "no authentication" in capsys.readouterr().err
     assert calls and calls[0][calls[0].index("--host") + 1] == "0.0.0.0"

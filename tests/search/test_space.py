@@ -16,22 +16,22 @@ from optuna.distributions import (
 )
 from optuna.trial import FixedTrial
 
-from models import ArchSpec, ConvBlock, DenseLayer, infer_shapes, multiscale_sections
-from search._config import (
+from cnnas.models import ArchSpec, ConvBlock, DenseLayer, infer_shapes, multiscale_sections
+from cnnas.search._config import (
     SPACE_PRESETS,
     SPACE_PRESETS_VALUES,
     FloatRange,
     IntRange,
     SpaceConfig,
 )
-from search._space import (
+from cnnas.search._space import (
     DROPOUT_STEP,
     MIN_POOL_SIZE,
     max_pools,
     suggest_augment,
     suggest_spec,
 )
-from search._study import make_sampler
+from cnnas.search._study import make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

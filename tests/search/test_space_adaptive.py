@@ -8,9 +8,9 @@ import optuna
 import pytest
 from optuna.trial import FixedTrial
 
-from models import ArchSpec, ConvBlock, DenseLayer, infer_shapes
-from search._config import FloatRange, IntRange, SpaceConfig
-from search._space import suggest_spec
+from cnnas.models import ArchSpec, ConvBlock, DenseLayer, infer_shapes
+from cnnas.search._config import FloatRange, IntRange, SpaceConfig
+from cnnas.search._space import suggest_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -11,9 +11,9 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from models import ArchSpec
-from search import cli, load_config, prepare, run_study
-from search._study import StudyFailing
+from cnnas.models import ArchSpec
+from cnnas.search import cli, load_config, prepare, run_study
+from cnnas.search.errors import StudyFailing
 
 TINY = {
     "study": {"name": "tiny", "trials": 4, "seed": 1},
@@ -139,14 +139,12 @@ def test_start_prints_progress_and_the_front(tmp_path, monkeypatch, capsys) -> N
 
 
 def test_repeated_failures_stop_the_study_with_a_message(tmp_path, monkeypatch) -> None:
-    import search._study as study_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated training crash")
 
-    monkeypatch.setattr(study_module, "fit", broken)
     cfg = load_config(write_config(tmp_path, study={"trials": 10, "max_failures": 2}))
-    run = prepare(cfg)
+    run = prepare(cfg, trainer=broken)
     with pytest.raises(StudyFailing, match=r"2 trials failed in a row.*simulated training crash"):
         run_study(run)
     study = run.study
@@ -159,7 +157,7 @@ def test_repeated_failures_stop_the_study_with_a_message(tmp_path, monkeypatch) 
 
 
 def test_a_changed_complexity_objective_is_refused(tmp_path) -> None:
-    from search._study import StudyMismatch
+    from cnnas.search.errors import StudyMismatch
 
     run = prepare(load_config(write_config(tmp_path, study={"trials": 1})))
     run_study(run)
@@ -197,8 +195,8 @@ def test_a_short_fashion_mnist_study_from_the_cli(tmp_path, monkeypatch, capsys)
 
 
 def test_a_new_project_store_is_copied_from_the_empty_template(tmp_path) -> None:
-    from search._config import MlflowConfig
-    from search._tracking import Tracker, _template_path
+    from cnnas.search._config import MlflowConfig
+    from cnnas.search._tracking import Tracker, _template_path
 
     template = _template_path()
     template.unlink(missing_ok=True)

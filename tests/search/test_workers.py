@@ -8,8 +8,8 @@ import optuna
 import yaml
 from mlflow import MlflowClient
 
-from search import cli
-from search._workers import plan_workers
+from cnnas.search import cli
+from cnnas.search._workers import plan_workers
 
 
 def test_plans_one_worker_per_gpu_or_n_cpu_workers() -> None:

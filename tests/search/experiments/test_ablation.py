@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from models import build, count_params
-from objectives import ImageData, TrainConfig
-from search.experiments import (
+from cnnas.models import build, count_params
+from cnnas.objectives import ImageData, TrainConfig
+from cnnas.search.cli import build_parser, command_of
+from cnnas.search.errors import UsageError
+from cnnas.search.experiments import (
     FACTORS,
     AblationBase,
     AblationSettings,
     ExperimentLog,
     ablation_grid,
     ablation_spec,
-    add_ablation_parser,
     run_ablation,
     seed_ratio,
     vgg_spec,
@@ -148,10 +149,11 @@ def test_run_writes_the_seed_table_and_logs_one_child_run_per_model(
 
 
 def _parse(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    add_ablation_parser(sub)
-    return p.parse_args(["ablation", *argv])
+    return build_parser().parse_args(["experiment", "ablation", *argv])
+
+
+def _run(args: argparse.Namespace) -> int:
+    return command_of(args)(args)
 
 
 @pytest.mark.parametrize(
@@ -168,11 +170,9 @@ def _parse(*argv: str) -> argparse.Namespace:
     ],
 )
 def test_bad_options_raise_a_usage_error_naming_the_option(argv, message, tmp_path) -> None:
-    from search.cli import UsageError
-
     args = _parse("--preset", "small", "--project-dir", str(tmp_path), *argv)
     with pytest.raises(UsageError, match=message):
-        args.func(args)
+        _run(args)
     assert not (tmp_path / "mlflow.db").exists()  # refused before anything is written
 
 
@@ -190,7 +190,7 @@ def test_cli_runs_end_to_end_on_digits(tmp_path: Path, seed_mlflow) -> None:
         str(tmp_path), "--base-filters", "4", "--dense-width", "8", "--factors", "kernel",
         "--kernels", "3", "--vgg", "none", "--test-limit", "100",
     )  # fmt: skip
-    assert args.func(args) == 0
+    assert _run(args) == 0
     report = (tmp_path / "experiments" / "ablation" / "report.md").read_text()
     assert "Command: `cnnas experiment ablation --preset small --dataset digits" in report
     assert "kernel=3" in report and "--base-filters 4" in report

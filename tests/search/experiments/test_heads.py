@@ -12,13 +12,14 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from models import build, infer_shapes
-from objectives import ImageData, TrainConfig, fit
-from search.experiments import (
+from cnnas.models import build, infer_shapes
+from cnnas.objectives import ImageData, TrainConfig, fit
+from cnnas.search.cli import build_parser, command_of
+from cnnas.search.errors import UsageError
+from cnnas.search.experiments import (
     VARIANTS,
     ExperimentLog,
     HeadsSettings,
-    add_heads_parser,
     effective_rank,
     head_spec,
     linear_cka,
@@ -161,10 +162,11 @@ def test_run_writes_report_tables_plots_and_mlflow_runs(
 
 
 def _parse(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    add_heads_parser(sub)
-    return p.parse_args(["heads", *argv])
+    return build_parser().parse_args(["experiment", "heads", *argv])
+
+
+def _run(args: argparse.Namespace) -> int:
+    return command_of(args)(args)
 
 
 @pytest.mark.parametrize(
@@ -178,9 +180,7 @@ def _parse(*argv: str) -> argparse.Namespace:
     ],
 )
 def test_bad_options_raise_a_usage_error_naming_the_option(argv, message, tmp_path) -> None:
-    from search.cli import UsageError
-
     args = _parse("--preset", "small", "--project-dir", str(tmp_path), *argv)
     with pytest.raises(UsageError, match=message):
-        args.func(args)
+        _run(args)
     assert not (tmp_path / "mlflow.db").exists()

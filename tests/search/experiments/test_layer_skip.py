@@ -7,21 +7,22 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from models import depth_macs, skip_spec
-from search.cli import UsageError
-from search.experiments._layer_skip import (
+from cnnas.models import depth_macs, skip_spec
+from cnnas.search.cli import build_parser, command_of
+from cnnas.search.errors import UsageError
+from cnnas.search.experiments._layer_skip import (
     LAYER_SKIP_EXPERIMENT,
     LAYER_SKIP_PRESETS,
     LayerSkipConfig,
 )
-from search.experiments._layer_skip_cli import add_layer_skip_parser
 
 
 def _parse(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    add_layer_skip_parser(sub)
-    return p.parse_args(["layer-skip", *argv])
+    return build_parser().parse_args(["experiment", "layer-skip", *argv])
+
+
+def _run(args: argparse.Namespace) -> int:
+    return command_of(args)(args)
 
 
 def test_presets() -> None:
@@ -48,7 +49,7 @@ def test_parser_defaults_to_the_seed_settings() -> None:
 def test_bad_options_name_the_option(argv: tuple[str, ...], match: str, tmp_path: Path) -> None:
     args = _parse(*argv, "--dataset", "digits", "--no-mlflow", "--out", str(tmp_path))
     with pytest.raises(UsageError, match=match):
-        args.func(args)
+        _run(args)
 
 
 def test_config_checks_itself() -> None:
@@ -64,7 +65,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         "--dataset", "digits", "--epochs", "1", "--router-epochs", "2", "--filters", "10",
         "--device", "cpu", "--out", str(out), "--project-dir", str(project),
     )  # fmt: skip
-    assert args.func(args) == 0
+    assert _run(args) == 0
     return out, project
 
 
