@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from ._build import CNN, MultiScale, build
+from ._baselines import BASELINES, gap_cnn, lenet5, mobilenet_small, resnet8, rules_cnn
+from ._build import CNN, MultiScale, ResidualBlock, SqueezeExcite, build
 from ._errors import CnnasError, SpecError
 from ._io import (
+    MANIFEST_FILE,
     META_FILE,
+    MODEL_FILES,
     SPEC_FILE,
     WEIGHTS_FILE,
     ModelFileError,
+    check_manifest,
     load_model,
+    read_manifest,
     read_metadata,
     save_model,
     sha256_file,
+    write_manifest,
 )
 from ._shapes import (
     Layer,
@@ -22,6 +28,8 @@ from ._shapes import (
     infer_shapes,
     multiscale_sections,
     out_size,
+    se_width,
+    shortcut,
     stage_macs,
 )
 from ._skip import (
@@ -35,6 +43,7 @@ from ._skip import (
 from ._spec import (
     ACTIVATIONS,
     AGGREGATIONS,
+    BLOCK_TYPES,
     HEADS,
     PADDINGS,
     POOLS,
@@ -47,9 +56,13 @@ from ._spec import (
 __all__ = [
     "ACTIVATIONS",
     "AGGREGATIONS",
+    "BASELINES",
+    "BLOCK_TYPES",
     "CNN",
     "HEADS",
+    "MANIFEST_FILE",
     "META_FILE",
+    "MODEL_FILES",
     "PADDINGS",
     "POOLS",
     "PREDICTIONS",
@@ -62,23 +75,35 @@ __all__ = [
     "Layer",
     "ModelFileError",
     "MultiScale",
+    "ResidualBlock",
     "SkipCNN",
     "SpecError",
+    "SqueezeExcite",
     "adaptive_macs",
     "build",
+    "check_manifest",
     "check_skippable",
     "count_macs",
     "count_params",
     "depth_macs",
     "executed_macs",
+    "gap_cnn",
     "infer_shapes",
+    "lenet5",
     "load_model",
+    "mobilenet_small",
     "multiscale_sections",
     "out_size",
+    "read_manifest",
     "read_metadata",
+    "resnet8",
     "router_spec",
+    "rules_cnn",
     "save_model",
+    "se_width",
     "sha256_file",
+    "shortcut",
     "skip_spec",
     "stage_macs",
+    "write_manifest",
 ]

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._shapes import infer_shapes, multiscale_sections
+from ._shapes import conv_names, infer_shapes, multiscale_sections, se_width, shortcut
 from ._spec import ACTIVATIONS, AGGREGATIONS, POOLS, ArchSpec, ConvBlock, DenseLayer
 
-__all__ = ["CNN", "MultiScale", "build"]
+__all__ = ["CNN", "MultiScale", "ResidualBlock", "SqueezeExcite", "build"]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),
@@ -71,17 +71,150 @@ def _activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(_ACTIVATIONS)}") from None
 
 
-def _conv_block(block: ConvBlock, c_in: int) -> nn.Sequential:
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al.): each channel scaled by a gate in (0, 1) computed from
+    the global average of every channel (linear, ReLU, linear, sigmoid)."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(hidden, channels)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
+        return x * g[:, :, None, None]
+
+
+# A run of modules applied in turn, and what is added to its result: None (nothing), {} (its
+# input, the identity) or the modules of a projection applied to its input.
+_Segment = tuple[dict[str, nn.Module], dict[str, nn.Module] | None]
+
+
+class ResidualBlock(nn.Module):
+    """A conv block with shortcuts. Its modules are its direct children, named as the spec walk
+    names them (``conv0``, ``proj``, ``dw_bn1``, ...), so its state_dict keys are flat like a
+    plain block's; ``plan`` says how they are wired: segments run in turn, and a segment with a
+    shortcut adds it (the segment's input, or a projection of it) to what the segment computed.
+    """
+
+    def __init__(self, segments: list[_Segment]) -> None:
+        super().__init__()
+        plan = []
+        for body, skip in segments:
+            for name, module in {**body, **(skip or {})}.items():
+                self.add_module(name, module)
+            plan.append((tuple(body), None if skip is None else tuple(skip)))
+        self.plan: tuple[tuple[tuple[str, ...], tuple[str, ...] | None], ...] = tuple(plan)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for body, skip in self.plan:
+            y = x
+            for name in body:
+                y = getattr(self, name)(y)
+            if skip is not None:
+                s = x
+                for name in skip:
+                    s = getattr(self, name)(s)
+                y = y + s
+            x = y
+        return x
+
+
+def _conv(
+    block: ConvBlock,
+    name: tuple[str, int | str],
+    channels: tuple[int, int],
+    kernel: int,
+    stride: int = 1,
+    depthwise: bool = False,
+    act: bool = True,
+) -> dict[str, nn.Module]:
+    """A convolution, its BatchNorm when the block has it, and (``act``) its activation."""
+    conv, bn, a = conv_names(*name)
+    c_in, c_out = channels
+    pad = kernel // 2 if block.padding == "same" else 0
+    layers: dict[str, nn.Module] = {
+        conv: nn.Conv2d(
+            c_in,
+            c_out,
+            kernel,
+            stride=stride,
+            padding=pad,
+            groups=c_in if depthwise else 1,
+            bias=not block.batch_norm,
+        )
+    }
+    if block.batch_norm:
+        layers[bn] = nn.BatchNorm2d(c_out)
+    if act:
+        layers[a] = _activation(block.activation)
+    return layers
+
+
+def _se(block: ConvBlock, name: str, channels: int) -> dict[str, nn.Module]:
+    if not block.se_ratio:
+        return {}
+    return {name: SqueezeExcite(channels, se_width(channels, block.se_ratio))}
+
+
+def _plain_body(block: ConvBlock, c_in: int) -> list[_Segment]:
     layers: dict[str, nn.Module] = {}
     for i, kernel in enumerate(block.conv_kernels):
-        pad = kernel // 2 if block.padding == "same" else 0
-        layers[f"conv{i}"] = nn.Conv2d(
-            c_in, block.filters, kernel, padding=pad, bias=not block.batch_norm
-        )
-        if block.batch_norm:
-            layers[f"bn{i}"] = nn.BatchNorm2d(block.filters)
-        layers[f"act{i}"] = _activation(block.activation)
+        stride = block.stride if i == 0 else 1
+        if block.block_type == "separable":
+            layers |= _conv(block, ("dw", i), (c_in, c_in), kernel, stride, depthwise=True)
+            layers |= _conv(block, ("pw", i), (c_in, block.filters), 1)
+        else:
+            layers |= _conv(block, ("conv", i), (c_in, block.filters), kernel, stride)
         c_in = block.filters
+    return [(layers | _se(block, "se", block.filters), None)]
+
+
+def _residual_body(block: ConvBlock, c_in: int) -> list[_Segment]:
+    branch: dict[str, nn.Module] = {}
+    last = len(block.conv_kernels) - 1
+    c = c_in
+    for i, kernel in enumerate(block.conv_kernels):
+        stride = block.stride if i == 0 else 1
+        branch |= _conv(block, ("conv", i), (c, block.filters), kernel, stride, act=i < last)
+        c = block.filters
+    branch |= _se(block, "se", block.filters)
+    skip: dict[str, nn.Module] = {}
+    if shortcut(block, c_in) == "projection":
+        skip = _conv(block, ("proj", ""), (c_in, block.filters), 1, block.stride, act=False)
+    # The last activation comes after the addition (ResNet's basic block).
+    return [(branch, skip), ({f"act{last}": _activation(block.activation)}, None)]
+
+
+def _inverted_body(block: ConvBlock, c_in: int) -> list[_Segment]:
+    segments: list[_Segment] = []
+    for i in range(block.convs):
+        hidden = c_in * block.expansion
+        unit: dict[str, nn.Module] = {}
+        if block.expansion > 1:
+            unit |= _conv(block, ("expand", i), (c_in, hidden), 1)
+        stride = block.stride if i == 0 else 1
+        unit |= _conv(block, ("dw", i), (hidden, hidden), block.kernel, stride, depthwise=True)
+        unit |= _se(block, f"se{i}", hidden)
+        unit |= _conv(block, ("project", i), (hidden, block.filters), 1, act=False)
+        skip = shortcut(block, c_in, i)
+        segments.append((unit, {} if skip == "identity" else None))
+        c_in = block.filters
+    return segments
+
+
+_BODIES: dict[str, Callable[[ConvBlock, int], list[_Segment]]] = {
+    "plain": _plain_body,
+    "separable": _plain_body,
+    "residual": _residual_body,
+    "inverted": _inverted_body,
+}
+
+
+def _pool(block: ConvBlock) -> dict[str, nn.Module]:
+    layers: dict[str, nn.Module] = {}
     if block.pool == "conv":
         c = block.filters
         layers["pool"] = nn.Conv2d(c, c, 3, stride=2, padding=1, bias=not block.batch_norm)
@@ -92,7 +225,19 @@ def _conv_block(block: ConvBlock, c_in: int) -> nn.Sequential:
         layers["pool"] = pool()
     if block.dropout:
         layers["drop"] = nn.Dropout(block.dropout)
-    return nn.Sequential(OrderedDict(layers))
+    return layers
+
+
+def _conv_block(block: ConvBlock, c_in: int) -> nn.Module:
+    """The block's module: an ``nn.Sequential`` when nothing is added back, else a
+    :class:`ResidualBlock`; either way its children carry the spec walk's names."""
+    segments = [*_BODIES[block.block_type](block, c_in), (_pool(block), None)]
+    if all(skip is None for _, skip in segments):
+        layers: dict[str, nn.Module] = {}
+        for body, _ in segments:
+            layers |= body
+        return nn.Sequential(OrderedDict(layers))
+    return ResidualBlock(segments)
 
 
 def _dense_layer(dense: DenseLayer, width: int) -> nn.Sequential:

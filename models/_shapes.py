@@ -6,8 +6,10 @@ cannot disagree with each other; tests check the walk against the built module a
 ``torch.utils.flop_counter.FlopCounterMode``.
 
 MACs count the multiply-accumulates of convolutions and linear layers per image (what
-FlopCounterMode counts, at 2 FLOPs per MAC). BatchNorm, activations, pooling and biases are
-elementwise and left out, as is usual.
+FlopCounterMode counts, at 2 FLOPs per MAC): a kxk convolution from C to C' channels on an
+H' x W' output counts k*k*C*C'*H'*W', a depthwise one (one filter per channel) k*k*C*H'*W', and
+squeeze-and-excitation its two small linear layers. BatchNorm, activations, pooling, biases, the
+shortcut additions and the SE's averaging and rescaling are elementwise and left out, as is usual.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ if TYPE_CHECKING:
 __all__ = [
     "Layer",
     "adaptive_macs",
+    "conv_names",
     "count_macs",
     "count_params",
     "infer_shapes",
     "layers",
     "multiscale_sections",
     "out_size",
+    "se_width",
+    "shortcut",
     "stage_macs",
 ]
 
@@ -43,7 +48,8 @@ class Layer:
 
     # Dotted name, matching the module path in the built network (``features.0.conv1``).
     name: str
-    # What the layer is: conv, bn, act, pool, dropout, aggregate, linear.
+    # What the layer is: conv (depthwise and 1x1 ones too), bn, act, se (a squeeze-and-excitation
+    # module: its two linear layers and its gate), pool, dropout, aggregate, linear.
     kind: str
     # Shape of one image's input and output: (C, H, W) or (features,).
     in_shape: Shape
@@ -78,23 +84,154 @@ def multiscale_sections(shape: Shape) -> tuple[int, ...]:
     return tuple(k for k in (1, 2, 4) if h >= k and w >= k)
 
 
-def _conv_layers(prefix: str, bi: int, block: ConvBlock, shape: Shape) -> Iterator[Layer]:
-    """The block's convolutions, each with its BatchNorm and activation."""
+def se_width(channels: int, ratio: float) -> int:
+    """Units of a squeeze-and-excitation's hidden layer for ``channels`` channels."""
+    return max(1, round(channels * ratio))
+
+
+def shortcut(block: ConvBlock, c_in: int, unit: int = 0) -> str | None:
+    """What is added to the output of a residual block or of an inverted bottleneck.
+
+    'identity' (the input itself), 'projection' (a 1x1 conv with the block's stride, and
+    BatchNorm when the block has it) or None (nothing: plain and separable blocks, and an
+    inverted bottleneck whose output shape differs from its input's). ``unit`` is the
+    bottleneck's index in an inverted block (its first has the block's stride and input).
+    """
+    if block.block_type == "residual":
+        same = block.stride == 1 and c_in == block.filters
+        return "identity" if same else "projection"
+    if block.block_type == "inverted":
+        c, stride = (c_in, block.stride) if unit == 0 else (block.filters, 1)
+        keeps_size = block.padding == "same" or block.kernel == 1
+        return "identity" if stride == 1 and c == block.filters and keeps_size else None
+    return None
+
+
+def conv_names(stem: str, i: int | str) -> tuple[str, str, str]:
+    """The names of a convolution, its BatchNorm and its activation inside a block: conv0, bn0,
+    act0 for a plain block's convolutions; dw1, dw_bn1, dw_act1 (and pw, expand, project, proj,
+    pool) for the others."""
+    if stem == "conv":
+        return f"conv{i}", f"bn{i}", f"act{i}"
+    return f"{stem}{i}", f"{stem}_bn{i}", f"{stem}_act{i}"
+
+
+@dataclass(frozen=True)
+class _Conv:
+    """One convolution of a block, with what follows it."""
+
+    stem: str  # its name without the index (see conv_names)
+    index: int | str
+    c_out: int
+    kernel: int
+    stride: int = 1
+    depthwise: bool = False
+    act: bool = True  # an activation after it (False: linear, or added to a shortcut first)
+
+
+def _conv(prefix: str, bi: int, block: ConvBlock, cv: _Conv, shape: Shape) -> list[Layer]:
+    """A convolution, its BatchNorm when the block has it, and its activation."""
+    conv, bn, act = conv_names(cv.stem, cv.index)
+    c_in, h, w = shape
+    pad = cv.kernel // 2 if block.padding == "same" else 0
+    new = (cv.c_out, out_size(h, cv.kernel, cv.stride, pad), out_size(w, cv.kernel, cv.stride, pad))
+    how = f"{cv.kernel}x{cv.kernel} {block.padding}" + (
+        f" stride {cv.stride}" if cv.stride > 1 else ""
+    )
+    _check(f"blocks[{bi}].{conv}", shape, new, how)
+    # A depthwise conv has one kxk filter per channel; any other sees every input channel.
+    weights = cv.kernel * cv.kernel * (1 if cv.depthwise else c_in)
+    bias = 0 if block.batch_norm else cv.c_out
+    macs = new[0] * new[1] * new[2] * weights
+    out = [Layer(f"{prefix}.{conv}", "conv", shape, new, cv.c_out * weights + bias, macs)]
+    if block.batch_norm:
+        out.append(Layer(f"{prefix}.{bn}", "bn", new, new, 2 * cv.c_out, 0))
+    if cv.act:
+        out.append(Layer(f"{prefix}.{act}", "act", new, new, 0, 0))
+    return out
+
+
+def _se_layers(prefix: str, name: str, shape: Shape, ratio: float) -> list[Layer]:
+    """Squeeze-and-excitation on a (C, H, W) map, as one layer that keeps the map's shape.
+
+    Its parameters and MACs are those of its two linear layers (C -> r -> C, with biases) on the
+    channels' means; the averaging, the sigmoid gate and the rescaling are elementwise.
+    """
+    c, r = shape[0], se_width(shape[0], ratio)
+    return [Layer(f"{prefix}.{name}", "se", shape, shape, 2 * c * r + r + c, 2 * c * r)]
+
+
+def _out(layers: list[Layer], shape: Shape) -> Shape:
+    """The map after ``layers`` of a block body: the last convolution's output (BatchNorm,
+    activations and SE keep the shape; a projection meets the branch's), else ``shape``."""
+    main = [la for la in layers if la.kind == "conv"]
+    return main[-1].out_shape if main else shape
+
+
+def _plain_layers(prefix: str, bi: int, block: ConvBlock, shape: Shape) -> list[Layer]:
+    """'plain' and 'separable': the convolutions in a row, then the optional SE."""
+    out: list[Layer] = []
     for ci, kernel in enumerate(block.conv_kernels):
-        c_in, h, w = shape
-        pad = kernel // 2 if block.padding == "same" else 0
-        new = (block.filters, out_size(h, kernel, 1, pad), out_size(w, kernel, 1, pad))
-        _check(f"blocks[{bi}].conv{ci}", shape, new, f"{kernel}x{kernel} {block.padding}")
-        bias = 0 if block.batch_norm else block.filters
-        k2 = kernel * kernel
-        macs = new[0] * new[1] * new[2] * c_in * k2
-        yield Layer(
-            f"{prefix}.conv{ci}", "conv", shape, new, block.filters * c_in * k2 + bias, macs
-        )
-        shape = new
-        if block.batch_norm:
-            yield Layer(f"{prefix}.bn{ci}", "bn", shape, shape, 2 * block.filters, 0)
-        yield Layer(f"{prefix}.act{ci}", "act", shape, shape, 0, 0)
+        stride = block.stride if ci == 0 else 1
+        if block.block_type == "separable":
+            dw = _Conv("dw", ci, shape[0], kernel, stride, depthwise=True)
+            out += _conv(prefix, bi, block, dw, shape)
+            shape = _out(out, shape)
+            out += _conv(prefix, bi, block, _Conv("pw", ci, block.filters, 1), shape)
+        else:
+            out += _conv(prefix, bi, block, _Conv("conv", ci, block.filters, kernel, stride), shape)
+        shape = _out(out, shape)
+    if block.se_ratio:
+        out += _se_layers(prefix, "se", shape, block.se_ratio)
+    return out
+
+
+def _residual_layers(prefix: str, bi: int, block: ConvBlock, shape: Shape) -> list[Layer]:
+    """A basic block: the convolutions, SE, the projection shortcut, the last activation."""
+    out: list[Layer] = []
+    x = shape
+    last = len(block.conv_kernels) - 1
+    for ci, kernel in enumerate(block.conv_kernels):
+        cv = _Conv("conv", ci, block.filters, kernel, block.stride if ci == 0 else 1, act=ci < last)
+        out += _conv(prefix, bi, block, cv, x)
+        x = _out(out, x)
+    if block.se_ratio:
+        out += _se_layers(prefix, "se", x, block.se_ratio)
+    if shortcut(block, shape[0]) == "projection":
+        cv = _Conv("proj", "", block.filters, 1, block.stride, act=False)
+        proj = _conv(prefix, bi, block, cv, shape)
+        # 'same' padding (required) makes the 1x1 strided projection meet the branch's size.
+        assert proj[0].out_shape == x, (proj[0], x)
+        out += proj
+    out.append(Layer(f"{prefix}.act{last}", "act", x, x, 0, 0))
+    return out
+
+
+def _inverted_layers(prefix: str, bi: int, block: ConvBlock, shape: Shape) -> list[Layer]:
+    """``convs`` inverted bottlenecks: 1x1 expansion, depthwise kxk, SE, linear 1x1 projection."""
+    out: list[Layer] = []
+    for i in range(block.convs):
+        hidden = shape[0] * block.expansion
+        if block.expansion > 1:
+            out += _conv(prefix, bi, block, _Conv("expand", i, hidden, 1), shape)
+            shape = _out(out, shape)
+        stride = block.stride if i == 0 else 1
+        dw = _Conv("dw", i, hidden, block.kernel, stride, depthwise=True)
+        out += _conv(prefix, bi, block, dw, shape)
+        shape = _out(out, shape)
+        if block.se_ratio:
+            out += _se_layers(prefix, f"se{i}", shape, block.se_ratio)
+        out += _conv(prefix, bi, block, _Conv("project", i, block.filters, 1, act=False), shape)
+        shape = _out(out, shape)
+    return out
+
+
+_BODIES = {
+    "plain": _plain_layers,
+    "separable": _plain_layers,
+    "residual": _residual_layers,
+    "inverted": _inverted_layers,
+}
 
 
 def _pool_layers(prefix: str, bi: int, block: ConvBlock, shape: Shape) -> Iterator[Layer]:
@@ -115,15 +252,18 @@ def _pool_layers(prefix: str, bi: int, block: ConvBlock, shape: Shape) -> Iterat
         yield Layer(f"{prefix}.pool", "pool", shape, new, 0, 0)
 
 
-def _block_layers(bi: int, block: ConvBlock, shape: Shape) -> Iterator[Layer]:
+def _block_layers(bi: int, block: ConvBlock, shape: Shape) -> tuple[list[Layer], Shape]:
+    """The block's layers in forward order, and the map it outputs."""
     prefix = f"features.{bi}"
-    yield from (walk := list(_conv_layers(prefix, bi, block, shape)))
-    shape = walk[-1].out_shape
-    yield from (pool := list(_pool_layers(prefix, bi, block, shape)))
+    out = _BODIES[block.block_type](prefix, bi, block, shape)
+    shape = _out(out, shape)
+    pool = list(_pool_layers(prefix, bi, block, shape))
     if pool:
         shape = pool[-1].out_shape
+    out += pool
     if block.dropout:
-        yield Layer(f"{prefix}.drop", "dropout", shape, shape, 0, 0)
+        out.append(Layer(f"{prefix}.drop", "dropout", shape, shape, 0, 0))
+    return out, shape
 
 
 def _sections(spec: ArchSpec, shape: Shape) -> list[int]:
@@ -161,9 +301,8 @@ def layers(spec: ArchSpec) -> Iterator[Layer]:
     """Walks the spec in forward order, raising :class:`SpecError` where a feature map collapses."""
     shape: Shape = spec.input_shape
     for bi, block in enumerate(spec.blocks):
-        for layer in _block_layers(bi, block, shape):
-            yield layer
-            shape = layer.out_shape
+        walk, shape = _block_layers(bi, block, shape)
+        yield from walk
     c, h, w = shape
     sections = _sections(spec, shape)
     if spec.aggregation == "multiscale":

@@ -20,6 +20,7 @@ from ._shapes import infer_shapes
 __all__ = [
     "ACTIVATIONS",
     "AGGREGATIONS",
+    "BLOCK_TYPES",
     "HEADS",
     "PADDINGS",
     "POOLS",
@@ -37,9 +38,16 @@ PADDINGS = ("same", "valid")
 AGGREGATIONS = ("flatten", "gap", "multiscale")
 HEADS = ("single", "multi")
 PREDICTIONS = ("main", "mean")
+BLOCK_TYPES = ("plain", "separable", "residual", "inverted")
 
 MAX_KERNEL = 15
 MAX_WIDTH = 65536
+MAX_EXPANSION = 16
+MAX_STRIDE = 4
+
+# ConvBlock fields that came after specs were first hashed, with the value every earlier spec
+# had: at that value they leave the canonical dict, so an earlier spec keeps its identity.
+_BLOCK_ADDED_LATER = {"block_type": "plain", "se_ratio": 0.0, "stride": 1}
 
 
 def _int(value: Any, name: str, lo: int, hi: int) -> int:
@@ -101,7 +109,9 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class ConvBlock:
-    """One stage of the feature extractor: ``convs`` convolutions, then optional downsampling."""
+    """One stage of the feature extractor: ``convs`` convolutions of its ``block_type`` (plain,
+    depthwise-separable, a residual block or inverted bottlenecks), then optional downsampling.
+    """
 
     # Output channels of every convolution in the block.
     filters: int
@@ -126,6 +136,26 @@ class ConvBlock:
     pool: str = "none"
     # Dropout probability after the block's pooling; 0 means no dropout layer.
     dropout: float = 0.0
+    # How the convolutions are built. 'plain': each is a kxk conv. 'separable': each is a
+    # depthwise kxk conv then a pointwise 1x1 conv, each with its BatchNorm and activation
+    # (MobileNet). 'residual': the convs form a basic block whose input is added before the last
+    # activation, through a 1x1 projection (with BatchNorm) where channels or size change
+    # (ResNet; needs padding 'same'). 'inverted': ``convs`` inverted bottlenecks, each a 1x1
+    # expansion, a depthwise kxk conv and a linear 1x1 projection, its input added when the shape
+    # allows (MobileNetV2).
+    block_type: str = "plain"
+    # Inverted blocks: width of the 1x1 expansion over its input channels (MobileNetV2: 6); 1
+    # leaves the expansion out. Inactive for the other block types.
+    expansion: int = 6
+    # Squeeze-and-excitation: each channel is rescaled by a gate computed from the channels'
+    # global averages (linear to max(1, round(C * se_ratio)) units, ReLU, linear back, sigmoid).
+    # After the block's convolutions (residual: on the branch, before the shortcut is added;
+    # inverted: on the expanded channels after each depthwise conv); 0 leaves it out.
+    se_ratio: float = 0.0
+    # Stride of the block's first convolution (the first depthwise one in separable and inverted
+    # blocks): 2 halves the map inside the block, as ResNet's and MobileNet's stages do, instead
+    # of a pool after it (seed 002: "strided conv instead of pooling").
+    stride: int = 1
 
     def __post_init__(self) -> None:
         _int(self.filters, "filters", 1, MAX_WIDTH)
@@ -141,6 +171,19 @@ class ConvBlock:
         _choice(self.activation, "activation", ACTIVATIONS)
         _choice(self.pool, "pool", POOLS)
         object.__setattr__(self, "dropout", _prob(self.dropout, "dropout"))
+        _choice(self.block_type, "block_type", BLOCK_TYPES)
+        if self.block_type == "residual" and self.padding != "same":
+            raise SpecError(
+                "block_type",
+                "'residual' needs padding 'same' (the shortcut adds the block's input to its "
+                f"output, so the convolutions must keep the map's size), got {self.padding!r}",
+            )
+        _int(self.expansion, "expansion", 1, MAX_EXPANSION)
+        se = self.se_ratio
+        if isinstance(se, bool) or not isinstance(se, (int, float)) or not 0 <= se <= 1:
+            raise SpecError("se_ratio", f"must be a number in [0, 1] (0: no SE), got {se!r}")
+        object.__setattr__(self, "se_ratio", float(se))
+        _int(self.stride, "stride", 1, MAX_STRIDE)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConvBlock:
@@ -148,14 +191,23 @@ class ConvBlock:
 
     @property
     def conv_kernels(self) -> tuple[int, ...]:
-        """Kernel size of every convolution the block runs, in order (factorisation applied)."""
-        if self.factorize and self.kernel > 3:
+        """Kernel size of every kxk convolution the block runs, in order (factorisation applied).
+
+        Separable blocks run each as a depthwise conv (with its pointwise 1x1 after it); inverted
+        blocks have one depthwise conv per bottleneck and are never factorised.
+        """
+        if self.factorize and "factorize" not in self.inactive():
             return (3,) * ((self.kernel - 1) // 2 * self.convs)
         return (self.kernel,) * self.convs
 
     def inactive(self) -> tuple[str, ...]:
         """Fields whose value does not change the network."""
-        return () if self.kernel > 3 else ("factorize",)
+        out = []
+        if self.kernel <= 3 or self.block_type == "inverted":
+            out.append("factorize")
+        if self.block_type != "inverted":
+            out.append("expansion")
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -270,7 +322,7 @@ class ArchSpec:
                     f"blocks[{bi}]",
                     "adaptive_depth needs every block after the first to keep channels, height "
                     f"and width, got {mine[0].in_shape} -> {mine[-1].out_shape}; use filters "
-                    f"{self.blocks[0].filters}, padding 'same' and pool 'none'",
+                    f"{self.blocks[0].filters}, padding 'same', stride 1 and pool 'none'",
                 )
 
     @staticmethod
@@ -332,6 +384,9 @@ class ArchSpec:
         for block, bd in zip(self.blocks, d["blocks"], strict=True):
             for name in block.inactive():
                 del bd[name]
+            for name, before in _BLOCK_ADDED_LATER.items():
+                if bd[name] == before:
+                    del bd[name]
         return d
 
     def spec_hash(self) -> str:
@@ -340,16 +395,13 @@ class ArchSpec:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def summary(self) -> str:
-        """A one-line description, e.g. ``16c3x2+bn>max | 32c3>max | gap | d128 | 10``."""
-        parts = []
-        for b in self.blocks:
-            s = f"{b.filters}c{b.kernel}" + (f"x{b.convs}" if b.convs > 1 else "")
-            s += "f" if "factorize" not in b.inactive() and b.factorize else ""
-            s += "+bn" if b.batch_norm else ""
-            s += "v" if b.padding == "valid" else ""
-            s += f">{b.pool}" if b.pool != "none" else ""
-            s += f"~{b.dropout:.2g}" if b.dropout else ""
-            parts.append(s)
+        """A one-line description, e.g. ``16c3x2+bn>max | 32c3>max | gap | d128 | 10``.
+
+        A block reads ``{filters}c{kernel}``, then ``x{convs}``, ``f`` (factorised), ``/2``
+        (stride), ``+dw`` (separable), ``+res`` or ``+inv{expansion}``, ``+se{ratio}``, ``+bn``,
+        ``v`` (valid padding), ``>{pool}`` and ``~{dropout}``.
+        """
+        parts = [_block_summary(b) for b in self.blocks]
         parts.append(self.aggregation)
         if self.adaptive_depth:
             parts[-1] += f"+exits({self.exit_threshold:g})"
@@ -358,3 +410,19 @@ class ArchSpec:
         parts += [f"d{d.width}" + (f"~{d.dropout:.2g}" if d.dropout else "") for d in self.dense]
         parts.append(str(self.num_classes))
         return " | ".join(parts)
+
+
+_TYPE_MARKS = {"plain": "", "separable": "+dw", "residual": "+res", "inverted": "+inv"}
+
+
+def _block_summary(b: ConvBlock) -> str:
+    s = f"{b.filters}c{b.kernel}" + (f"x{b.convs}" if b.convs > 1 else "")
+    s += "f" if "factorize" not in b.inactive() and b.factorize else ""
+    s += f"/{b.stride}" if b.stride > 1 else ""
+    s += _TYPE_MARKS[b.block_type] + (str(b.expansion) if b.block_type == "inverted" else "")
+    s += f"+se{b.se_ratio:g}" if b.se_ratio else ""
+    s += "+bn" if b.batch_norm else ""
+    s += "v" if b.padding == "valid" else ""
+    s += f">{b.pool}" if b.pool != "none" else ""
+    s += f"~{b.dropout:.2g}" if b.dropout else ""
+    return s

@@ -14,6 +14,7 @@ from typing import Any
 from cnnas.models import (
     ACTIVATIONS,
     AGGREGATIONS,
+    BLOCK_TYPES,
     HEADS,
     PADDINGS,
     POOLS,
@@ -40,9 +41,14 @@ def _dropout(rng: random.Random) -> float:
     return 0.0 if rng.random() < 0.5 else rng.choice([0.3, rng.random() * 0.95])
 
 
-def random_block(rng: random.Random) -> dict[str, Any]:
-    """A random conv block as a dict, covering every field."""
-    return {
+def random_block(rng: random.Random, later: random.Random | None = None) -> dict[str, Any]:
+    """A random conv block as a dict, covering every field.
+
+    The fields that came later (block type, expansion, SE, stride) are drawn from ``later``, a
+    stream of their own, so that without it the generator yields exactly the specs it yielded
+    before they existed (whose hashes a test pins).
+    """
+    block = {
         "filters": rng.randint(1, 12),
         "kernel": rng.choice([1, 3, 3, 5, 7, 9]),
         "convs": rng.randint(1, 3),
@@ -54,6 +60,18 @@ def random_block(rng: random.Random) -> dict[str, Any]:
         "activation": rng.choice(ACTIVATIONS),
         "pool": rng.choice(POOLS),
         "dropout": _dropout(rng),
+    }
+    if later is None:
+        return block
+    # A residual block needs 'same' padding (anything else is a validation error, not a collapse).
+    types = [t for t in BLOCK_TYPES if t != "residual" or block["padding"] == "same"]
+    return {
+        **block,
+        "block_type": later.choice(types),
+        # Drawn for every type: outside inverted blocks it is an inactive field.
+        "expansion": later.choice([1, 2, 3, 6]),
+        "se_ratio": 0.0 if later.random() < 0.5 else later.choice([0.25, later.random()]),
+        "stride": later.choice([1, 1, 1, 1, 2, 2, 3]),
     }
 
 
@@ -71,7 +89,7 @@ def _aux_weight(rng: random.Random) -> float:
     return rng.choice([0.0, 0.5, 1.0, 100.0, rng.random() * 5])
 
 
-def random_spec_dict(rng: random.Random) -> dict[str, Any]:
+def random_spec_dict(rng: random.Random, later: random.Random | None = None) -> dict[str, Any]:
     """A random spec as a dict; it may describe a network whose feature map collapses.
 
     ``heads`` is 'multi' only with the 'multiscale' aggregation it needs (any other combination is
@@ -83,7 +101,7 @@ def random_spec_dict(rng: random.Random) -> dict[str, Any]:
     return {
         "input_shape": list(rng.choice(RANDOM_INPUT_SHAPES)),
         "num_classes": rng.randint(2, 12),
-        "blocks": [random_block(rng) for _ in range(rng.randint(1, 4))],
+        "blocks": [random_block(rng, later) for _ in range(rng.randint(1, 4))],
         "aggregation": aggregation,
         "dense": [random_dense(rng) for _ in range(rng.randint(0, 3))],
         "heads": "multi" if multi else "single",
@@ -110,16 +128,20 @@ def make_spec(data: dict[str, Any], rng: random.Random) -> ArchSpec:
 
 
 @functools.cache
-def random_specs(n: int = N_RANDOM, seed: int = RANDOM_SEED) -> tuple[tuple[ArchSpec, ...], int]:
+def random_specs(
+    n: int = N_RANDOM, seed: int = RANDOM_SEED, later: bool = True
+) -> tuple[tuple[ArchSpec, ...], int]:
     """``n`` random candidates: the valid specs among them, and how many collapsed.
 
     Only a collapsing feature map may make a candidate invalid; any other ``SpecError`` means the
-    generator (or the validation) is wrong, so it propagates.
+    generator (or the validation) is wrong, so it propagates. ``later=False`` leaves out the
+    block fields that came later: the specs of the generator before they existed.
     """
     rng = random.Random(seed)
+    other = random.Random(seed + 1) if later else None
     valid, collapsed = [], 0
     for _ in range(n):
-        data = random_spec_dict(rng)
+        data = random_spec_dict(rng, other)
         try:
             valid.append(make_spec(data, rng))
         except SpecError as e:
@@ -155,6 +177,11 @@ OPTIONS: dict[str, tuple[Any, ...]] = {
     "heads": HEADS,
     "predict": PREDICTIONS,
     "aux_weight": (0.0, 0.5),
+    # The efficient blocks.
+    "block_type": BLOCK_TYPES,
+    "expansion": (1, 2, 6),
+    "se_ratio": (0.0, 0.25, 1.0),
+    "stride": (1, 2),
 }
 
 # Options that only mean something next to others: each of their grid specs is crossed with every
@@ -164,6 +191,10 @@ _NEEDS: dict[str, dict[str, tuple[Any, ...]]] = {
     "heads": {"aggregation": ("multiscale",)},
     "predict": {"aggregation": ("multiscale",), "heads": ("multi",)},
     "aux_weight": {"aggregation": ("multiscale",), "heads": ("multi",)},
+    "expansion": {"block_type": ("inverted",)},
+    # SE and strides in every block type.
+    "se_ratio": {"block_type": BLOCK_TYPES},
+    "stride": {"block_type": BLOCK_TYPES},
 }
 
 
@@ -177,14 +208,21 @@ def _base(input_shape: tuple[int, int, int], **opts: Any) -> ArchSpec:
         "activation": opts.get("activation", "relu"),
         "pool": opts.get("pool", "max"),
         "dropout": opts.get("dropout", 0.0),
+        "block_type": opts.get("block_type", "plain"),
+        "expansion": opts.get("expansion", 6),
+        "se_ratio": opts.get("se_ratio", 0.0),
+        "stride": opts.get("stride", 1),
     }
+    # Equal widths give the residual and inverted blocks identity shortcuts; the default's
+    # widening second block needs a projection (residual) or has none (inverted).
+    widths = opts.get("widths", (4, 8))
     dense = DenseLayer(
         width=12, activation=opts.get("activation", "relu"), dropout=opts.get("dropout", 0.0)
     )
     return ArchSpec(
         input_shape=input_shape,
         num_classes=10,
-        blocks=(ConvBlock(filters=4, **block), ConvBlock(filters=8, **block)),
+        blocks=tuple(ConvBlock(filters=w, **block) for w in widths),
         aggregation=opts.get("aggregation", "flatten"),
         dense=(dense,) * opts.get("dense", 1),
         heads=opts.get("heads", "single"),
@@ -241,6 +279,66 @@ _COMBOS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The efficient blocks with everything else: BN, SE, strides, learnable pools, several convs.
+# (Apart from _COMBOS: a test pins the hashes of the grid as it was before these blocks.)
+BLOCK_COMBOS: dict[str, dict[str, Any]] = {
+    "residual-identity-se-bn-convs2": {
+        "block_type": "residual",
+        "widths": (6, 6),
+        "convs": 2,
+        "batch_norm": True,
+        "se_ratio": 0.25,
+        "pool": "none",
+        "aggregation": "gap",
+    },
+    "residual-stride-convpool-f5-multi": {
+        "block_type": "residual",
+        "stride": 2,
+        "kernel": 5,
+        "factorize": True,
+        "convs": 2,
+        "pool": "conv",
+        "aggregation": "multiscale",
+        "heads": "multi",
+        "dropout": 0.3,
+    },
+    "inverted-identity-se-bn-convs3": {
+        "block_type": "inverted",
+        "widths": (8, 8),
+        "convs": 3,
+        "expansion": 3,
+        "batch_norm": True,
+        "se_ratio": 0.25,
+        "activation": "silu",
+        "aggregation": "gap",
+    },
+    "inverted-valid-stride-convs2": {
+        "block_type": "inverted",
+        "padding": "valid",
+        "convs": 2,
+        "stride": 2,
+        "pool": "none",
+        "expansion": 2,
+    },
+    "separable-f7-stride-se-avg": {
+        "block_type": "separable",
+        "kernel": 7,
+        "factorize": True,
+        "stride": 2,
+        "se_ratio": 0.5,
+        "pool": "avg",
+        "batch_norm": True,
+    },
+    "plain-stride-valid-k5-se": {
+        "stride": 2,
+        "padding": "valid",
+        "kernel": 5,
+        "se_ratio": 0.125,
+        "pool": "none",
+        "dense": 2,
+    },
+}
+
 
 def grid_specs() -> list[tuple[str, ArchSpec]]:
     """(id, spec) for every option value on every grid input shape, plus a few combinations."""
@@ -254,7 +352,7 @@ def grid_specs() -> list[tuple[str, ArchSpec]]:
                     opts = {name: value, **dict(zip(needs, combo, strict=True))}
                     tag = "-".join(f"{k}={v}" for k, v in opts.items())
                     out.append((f"{tag}-{sid}", _base(shape, **opts)))
-        for name, opts in _COMBOS.items():
+        for name, opts in {**_COMBOS, **BLOCK_COMBOS}.items():
             out.append((f"{name}-{sid}", _base(shape, **opts)))
     return out
 

@@ -59,7 +59,12 @@ def _net(spec: ArchSpec, seed: int = 0) -> torch.nn.Module:
         (
             {"blocks": (ConvBlock(8, pool="max"), ConvBlock(16), ConvBlock(8))},
             "blocks[1]",
-            "filters 8, padding 'same' and pool 'none'",
+            "filters 8, padding 'same', stride 1 and pool 'none'",
+        ),
+        (
+            {"blocks": (ConvBlock(8), ConvBlock(8, block_type="inverted", stride=2))},
+            "blocks[1]",
+            r"\(8, 8, 8\) -> \(8, 4, 4\)",
         ),
         (
             {"blocks": (ConvBlock(8), ConvBlock(8), ConvBlock(8, pool="max"))},

@@ -26,6 +26,7 @@ from cnnas.models import (
     count_params,
     infer_shapes,
     multiscale_sections,
+    shortcut,
 )
 from tests.models._specs import (
     GRID_INPUT_SHAPES,
@@ -66,6 +67,19 @@ def test_grid_covers_every_option_value_per_input_shape():
         assert {s.predict for s in multi} == set(models.PREDICTIONS)
         assert {s.aux_weight for s in multi} >= {0.0, 0.5, 1.0}
         assert any(b.pool == "conv" and b.batch_norm for s in multi for b in s.blocks)
+        # Every block type, with and without SE and stride, and inverted blocks' expansions.
+        assert {b.block_type for b in blocks} == set(models.BLOCK_TYPES)
+        for kind in models.BLOCK_TYPES:
+            mine = [b for b in blocks if b.block_type == kind]
+            assert {b.se_ratio > 0 for b in mine} == {False, True}, kind
+            assert {b.stride for b in mine} >= {1, 2}, kind
+            assert any(b.batch_norm for b in mine), kind
+        assert {b.expansion for b in blocks if b.block_type == "inverted"} >= {1, 2, 6}
+    # Identity and projection shortcuts, and inverted bottlenecks with and without a residual.
+    kinds = {(b.block_type, _shortcuts(s, bi)) for _, s in specs for bi, b in enumerate(s.blocks)}
+    assert {("residual", ("identity",)), ("residual", ("projection",))} <= kinds
+    assert any(k == "inverted" and "identity" in sc for k, sc in kinds)
+    assert ("inverted", (None,)) in kinds
     # Multi-head networks with three, two and a single head (maps too small for the 4x4 and 2x2
     # sections) are all among the grid's.
     counts = {len(_windows(s)) for _, s in specs if s.heads == "multi"}
@@ -78,6 +92,15 @@ def test_grid_covers_every_option_value_per_input_shape():
     assert set(OPTIONS["heads"]) == set(models.HEADS)
     assert set(OPTIONS["predict"]) == set(models.PREDICTIONS)
     assert set(OPTIONS["factorize"]) == {False, True}
+    assert set(OPTIONS["block_type"]) == set(models.BLOCK_TYPES)
+
+
+def _shortcuts(spec: ArchSpec, bi: int) -> tuple[str | None, ...]:
+    """What each unit of block ``bi`` adds back (one unit unless the block is inverted)."""
+    block = spec.blocks[bi]
+    c_in = spec.blocks[bi - 1].filters if bi else spec.input_shape[0]
+    units = block.convs if block.block_type == "inverted" else 1
+    return tuple(shortcut(block, c_in, u) for u in range(units))
 
 
 def _windows(spec: ArchSpec) -> tuple[int, ...]:
@@ -284,15 +307,21 @@ def test_conv_bias_only_without_batch_norm():
 
 
 def test_conv_bias_follows_batch_norm_on_random_specs():
-    for spec in random_specs()[0][:60]:
+    for spec in random_specs()[0][:80]:
         model = build(spec)
         for block, stage in zip(spec.blocks, model.features, strict=True):
+            # Every convolution of every block type: a bias exactly when no BatchNorm follows.
+            every = [m for m in stage.modules() if isinstance(m, nn.Conv2d)]
+            assert every and all((c.bias is None) == block.batch_norm for c in every)
+            if block.block_type not in ("plain", "residual"):
+                continue
             convs = [m for n, m in stage.named_children() if n.startswith("conv")]
             assert len(convs) == len(block.conv_kernels)
-            for conv, kernel in zip(convs, block.conv_kernels, strict=True):
+            for i, (conv, kernel) in enumerate(zip(convs, block.conv_kernels, strict=True)):
                 assert (conv.bias is None) == block.batch_norm
                 assert conv.kernel_size == (kernel, kernel)
                 assert conv.out_channels == block.filters
+                assert conv.stride == ((block.stride,) * 2 if i == 0 else (1, 1))
             if block.pool == "conv":  # the learnable pool follows the same rule
                 assert (stage.pool.bias is None) == block.batch_norm
                 assert hasattr(stage, "pool_bn") == block.batch_norm
@@ -308,8 +337,15 @@ def test_conv_kernels_follow_factorize():
     for k in (1, 3):
         assert ConvBlock(4, kernel=k, factorize=True).conv_kernels == (k,)
         assert ConvBlock(4, kernel=k, convs=2, factorize=True).conv_kernels == (k, k)
-        assert ConvBlock(4, kernel=k, factorize=True).inactive() == ("factorize",)
-    assert ConvBlock(4, kernel=5).inactive() == ()
+        assert ConvBlock(4, kernel=k, factorize=True).inactive() == ("factorize", "expansion")
+    assert ConvBlock(4, kernel=5).inactive() == ("expansion",)
+    # Separable and residual blocks factorise their kxk convs; inverted ones never do (one
+    # depthwise kxk per bottleneck), and only they use the expansion.
+    for kind in ("separable", "residual"):
+        assert ConvBlock(4, kernel=5, factorize=True, block_type=kind).conv_kernels == (3, 3)
+    inverted = ConvBlock(4, kernel=5, convs=2, factorize=True, block_type="inverted")
+    assert inverted.conv_kernels == (5, 5)
+    assert inverted.inactive() == ("factorize",)
 
 
 def test_factorized_block_modules():
@@ -517,6 +553,19 @@ def test_builds_are_independent():
             id="multi-mean-convpool",
         ),
         pytest.param(lambda s: s.blocks[0].factorize and s.blocks[0].kernel == 7, id="f7"),
+        pytest.param(lambda s: s.blocks[0].block_type == "separable", id="separable"),
+        pytest.param(
+            lambda s: s.blocks[1].block_type == "residual" and s.blocks[1].se_ratio,
+            id="residual-projection-se",
+        ),
+        pytest.param(
+            lambda s: (
+                s.blocks[0].block_type == "inverted"
+                and s.blocks[0].se_ratio
+                and s.blocks[0].convs == 3
+            ),
+            id="inverted-identity-se",
+        ),
     ],
 )
 def test_state_dict_loads_into_rebuilt_spec(pick):

@@ -17,12 +17,15 @@ from cnnas.models import (
     Layer,
     MultiScale,
     SpecError,
+    SqueezeExcite,
     build,
     count_macs,
     count_params,
     infer_shapes,
     multiscale_sections,
     out_size,
+    se_width,
+    shortcut,
 )
 from tests.models._specs import grid_params, grid_specs, random_params, random_specs
 
@@ -155,6 +158,35 @@ _COLLAPSES = [
         "blocks[5].conv0",
         "1x1 -> -1x-1",
         id="conv-pools-then-valid",
+    ),
+    # The efficient blocks collapse at the depthwise convolution, with its stride in the message.
+    pytest.param(
+        (1, 5, 5),
+        [ConvBlock(4, kernel=7, padding="valid", stride=2)],
+        "blocks[0].conv0",
+        "5x5 -> 0x0 (7x7 valid stride 2)",
+        id="strided-valid-k7",
+    ),
+    pytest.param(
+        (2, 6, 6),
+        [ConvBlock(4, kernel=5, padding="valid", block_type="separable", convs=2)],
+        "blocks[0].dw1",
+        "2x2 -> -2x-2 (5x5 valid)",
+        id="separable-valid-k5",
+    ),
+    pytest.param(
+        (2, 8, 8),
+        [ConvBlock(4, pool="max"), ConvBlock(4, kernel=5, padding="valid", block_type="inverted")],
+        "blocks[1].dw0",
+        "4x4 -> 0x0 (5x5 valid)",
+        id="inverted-valid-k5",
+    ),
+    pytest.param(
+        (1, 4, 4),
+        [ConvBlock(4, stride=2, pool="max"), ConvBlock(4, pool="max")],
+        "blocks[1].pool",
+        "1x1 -> 0x0",
+        id="stride-then-pools",
     ),
 ]
 
@@ -346,6 +378,173 @@ def test_conv_pool_never_collapses():
 
 
 # --------------------------------------------------------------------------------------------
+# the efficient blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _rows(spec: ArchSpec, bi: int = 0) -> list[tuple]:
+    """(local name, kind, in, out, params, MACs) of block ``bi``'s layers."""
+    prefix = f"features.{bi}."
+    return [
+        (la.name.removeprefix(prefix), la.kind, la.in_shape, la.out_shape, la.params, la.macs)
+        for la in infer_shapes(spec)
+        if la.name.startswith(prefix)
+    ]
+
+
+def test_separable_walk_by_hand():
+    spec = ArchSpec((3, 8, 8), 2, (ConvBlock(6, block_type="separable", batch_norm=True),))
+    # fmt: off
+    assert _rows(spec) == [
+        # Depthwise: one 3x3 filter per input channel, no bias (BatchNorm follows).
+        ("dw0", "conv", (3, 8, 8), (3, 8, 8), 3 * 9, 3 * 64 * 9),
+        ("dw_bn0", "bn", (3, 8, 8), (3, 8, 8), 6, 0),
+        ("dw_act0", "act", (3, 8, 8), (3, 8, 8), 0, 0),
+        # Pointwise: a 1x1 convolution to the block's filters.
+        ("pw0", "conv", (3, 8, 8), (6, 8, 8), 6 * 3, 6 * 64 * 3),
+        ("pw_bn0", "bn", (6, 8, 8), (6, 8, 8), 12, 0),
+        ("pw_act0", "act", (6, 8, 8), (6, 8, 8), 0, 0),
+    ]
+    # fmt: on
+    _check_walk_against_module(spec)
+
+
+def test_separable_stride_and_factorisation():
+    block = ConvBlock(4, kernel=5, factorize=True, convs=1, block_type="separable", stride=2)
+    spec = ArchSpec((2, 9, 9), 2, (block,))
+    got = [(n, i, o, p) for n, _, i, o, p, _ in _rows(spec) if not n.startswith("pw_act")]
+    # Two separable 3x3 (the factorised 5x5); the first depthwise conv carries the stride.
+    assert [g[0] for g in got] == ["dw0", "dw_act0", "pw0", "dw1", "dw_act1", "pw1"]
+    assert got[0] == ("dw0", (2, 9, 9), (2, 5, 5), 2 * 9 + 2)
+    assert got[2] == ("pw0", (2, 5, 5), (4, 5, 5), 4 * 2 + 4)
+    assert got[3] == ("dw1", (4, 5, 5), (4, 5, 5), 4 * 9 + 4)
+    _check_walk_against_module(spec)
+
+
+def test_residual_walk_identity_by_hand():
+    spec = ArchSpec((4, 8, 8), 2, (ConvBlock(4, block_type="residual", convs=2),))
+    # fmt: off
+    assert _rows(spec) == [
+        ("conv0", "conv", (4, 8, 8), (4, 8, 8), 4 * 4 * 9 + 4, 4 * 64 * 4 * 9),
+        ("act0", "act", (4, 8, 8), (4, 8, 8), 0, 0),
+        # The last convolution's activation comes after the input is added: no projection.
+        ("conv1", "conv", (4, 8, 8), (4, 8, 8), 4 * 4 * 9 + 4, 4 * 64 * 4 * 9),
+        ("act1", "act", (4, 8, 8), (4, 8, 8), 0, 0),
+    ]
+    # fmt: on
+    _check_walk_against_module(spec)
+
+
+def test_residual_walk_projection_by_hand():
+    block = ConvBlock(8, block_type="residual", convs=2, batch_norm=True, stride=2, se_ratio=0.25)
+    spec = ArchSpec((4, 8, 8), 2, (block,))
+    # fmt: off
+    assert _rows(spec) == [
+        ("conv0", "conv", (4, 8, 8), (8, 4, 4), 8 * 4 * 9, 8 * 16 * 4 * 9),
+        ("bn0", "bn", (8, 4, 4), (8, 4, 4), 16, 0),
+        ("act0", "act", (8, 4, 4), (8, 4, 4), 0, 0),
+        ("conv1", "conv", (8, 4, 4), (8, 4, 4), 8 * 8 * 9, 8 * 16 * 8 * 9),
+        ("bn1", "bn", (8, 4, 4), (8, 4, 4), 16, 0),
+        # SE on the branch: 8 -> 2 -> 8 with biases.
+        ("se", "se", (8, 4, 4), (8, 4, 4), 8 * 2 + 2 + 2 * 8 + 8, 2 * 8 * 2),
+        # A stride-2 1x1 projection of the block's input, with its BatchNorm.
+        ("proj", "conv", (4, 8, 8), (8, 4, 4), 8 * 4, 8 * 16 * 4),
+        ("proj_bn", "bn", (8, 4, 4), (8, 4, 4), 16, 0),
+        ("act1", "act", (8, 4, 4), (8, 4, 4), 0, 0),
+    ]
+    # fmt: on
+    _check_walk_against_module(spec)
+
+
+@pytest.mark.parametrize(
+    ("c_in", "filters", "stride", "expected"),
+    [
+        (4, 4, 1, "identity"),
+        (4, 8, 1, "projection"),
+        (4, 4, 2, "projection"),
+        (3, 8, 2, "projection"),
+    ],
+)
+def test_residual_shortcut_kind(c_in: int, filters: int, stride: int, expected: str):
+    block = ConvBlock(filters, block_type="residual", stride=stride)
+    assert shortcut(block, c_in) == expected
+    spec = ArchSpec((c_in, 7, 7), 2, (block,))
+    names = {la.name for la in infer_shapes(spec)}
+    assert ("features.0.proj" in names) == (expected == "projection")
+    _check_walk_against_module(spec)
+
+
+def test_inverted_walk_by_hand():
+    block = ConvBlock(4, block_type="inverted", expansion=2, convs=2, stride=2, se_ratio=0.25)
+    spec = ArchSpec((4, 8, 8), 2, (block,))
+    # fmt: off
+    assert _rows(spec) == [
+        # Unit 0: 4 -> 8 (expansion 2), the stride-2 depthwise conv, SE, projection back to 4.
+        ("expand0", "conv", (4, 8, 8), (8, 8, 8), 8 * 4 + 8, 8 * 64 * 4),
+        ("expand_act0", "act", (8, 8, 8), (8, 8, 8), 0, 0),
+        ("dw0", "conv", (8, 8, 8), (8, 4, 4), 8 * 9 + 8, 8 * 16 * 9),
+        ("dw_act0", "act", (8, 4, 4), (8, 4, 4), 0, 0),
+        ("se0", "se", (8, 4, 4), (8, 4, 4), 8 * 2 + 2 + 2 * 8 + 8, 2 * 8 * 2),
+        # The projection is linear: no activation after it.
+        ("project0", "conv", (8, 4, 4), (4, 4, 4), 4 * 8 + 4, 4 * 16 * 8),
+        # Unit 1 keeps the shape, so its input is added (no layer for the identity).
+        ("expand1", "conv", (4, 4, 4), (8, 4, 4), 8 * 4 + 8, 8 * 16 * 4),
+        ("expand_act1", "act", (8, 4, 4), (8, 4, 4), 0, 0),
+        ("dw1", "conv", (8, 4, 4), (8, 4, 4), 8 * 9 + 8, 8 * 16 * 9),
+        ("dw_act1", "act", (8, 4, 4), (8, 4, 4), 0, 0),
+        ("se1", "se", (8, 4, 4), (8, 4, 4), 8 * 2 + 2 + 2 * 8 + 8, 2 * 8 * 2),
+        ("project1", "conv", (8, 4, 4), (4, 4, 4), 4 * 8 + 4, 4 * 16 * 8),
+    ]
+    # fmt: on
+    assert [shortcut(block, 4, u) for u in range(2)] == [None, "identity"]
+    _check_walk_against_module(spec)
+
+
+def test_inverted_expansion_1_has_no_expand_layer():
+    block = ConvBlock(6, block_type="inverted", expansion=1, batch_norm=True)
+    names = [n for n, *_ in _rows(ArchSpec((3, 8, 8), 2, (block,)))]
+    assert names == ["dw0", "dw_bn0", "dw_act0", "project0", "project_bn0"]
+
+
+@pytest.mark.parametrize(
+    ("block", "c_in", "expected"),
+    [
+        (ConvBlock(4, block_type="inverted"), 4, ["identity"]),
+        (ConvBlock(4, block_type="inverted"), 2, [None]),
+        (ConvBlock(4, block_type="inverted", stride=2, convs=3), 4, [None, "identity", "identity"]),
+        (ConvBlock(4, block_type="inverted", padding="valid", convs=2), 4, [None, None]),
+        (ConvBlock(4, kernel=1, block_type="inverted", padding="valid"), 4, ["identity"]),
+        (ConvBlock(4, block_type="plain"), 4, [None]),
+        (ConvBlock(4, block_type="separable"), 4, [None]),
+    ],
+)
+def test_inverted_residual_only_when_the_shape_allows(block, c_in, expected):
+    assert [shortcut(block, c_in, u) for u in range(len(expected))] == expected
+
+
+@pytest.mark.parametrize("ratio", [0.01, 0.25, 0.5, 1.0])
+@pytest.mark.parametrize("channels", [1, 3, 16])
+def test_se_layer_counts(ratio: float, channels: int):
+    spec = ArchSpec((channels, 5, 5), 2, (ConvBlock(channels, kernel=1, se_ratio=ratio),))
+    se = next(la for la in infer_shapes(spec) if la.kind == "se")
+    r = se_width(channels, ratio)
+    assert r == max(1, round(channels * ratio))
+    assert (se.name, se.in_shape, se.out_shape) == ("features.0.se", (channels, 5, 5), se.in_shape)
+    assert se.params == 2 * channels * r + r + channels
+    assert se.macs == 2 * channels * r
+    _check_walk_against_module(spec)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
+@pytest.mark.parametrize("stride", [1, 2, 3, 4])
+@pytest.mark.parametrize("block_type", ["plain", "separable", "residual", "inverted"])
+def test_stride_shrinks_like_a_strided_same_conv(n: int, stride: int, block_type: str):
+    spec = ArchSpec((2, n, n + 3), 2, (ConvBlock(3, block_type=block_type, stride=stride),))
+    assert _agg_in(spec) == (3, math.ceil(n / stride), math.ceil((n + 3) / stride))
+    _check_walk_against_module(spec)
+
+
+# --------------------------------------------------------------------------------------------
 # multi-scale aggregation
 # --------------------------------------------------------------------------------------------
 
@@ -431,12 +630,14 @@ def test_gap_aggregate_is_channels():
 def test_walk_is_chained():
     for spec in (*random_specs()[0], *(s for _, s in grid_specs())):
         walk = infer_shapes(spec)
-        # Side branches (multi-scale pools, extra heads) read a map without feeding the chain.
+        # Side branches (multi-scale pools, extra heads, a residual block's projection shortcut)
+        # read a map without feeding the chain.
         branch = ("aggregate.pool", "aux_heads.")
-        shapes = [la for la in walk if not la.name.startswith(branch)]
+        shapes = [la for la in walk if not la.name.startswith(branch) and not _is_proj(la)]
         assert shapes[0].in_shape == spec.input_shape
         for prev, cur in itertools.pairwise(shapes):
             assert cur.in_shape == prev.out_shape, cur.name
+        _check_projections(spec, walk)
         assert shapes[-1].name == "classifier"
         assert shapes[-1].out_shape == (spec.num_classes,)
         aggregate = next(la for la in walk if la.name == "aggregate")
@@ -446,6 +647,25 @@ def test_walk_is_chained():
             if la.name.startswith("aux_heads."):
                 assert la.out_shape == (spec.num_classes,), la.name
         assert all(la.params >= 0 and la.macs >= 0 for la in shapes)
+
+
+def _is_proj(layer: Layer) -> bool:
+    return layer.name.endswith((".proj", ".proj_bn"))
+
+
+def _check_projections(spec: ArchSpec, walk: tuple[Layer, ...]) -> None:
+    """A projection reads its block's input and meets the branch's output, the map the block's
+    last activation (after the addition) receives."""
+    for bi, block in enumerate(spec.blocks):
+        mine = [la for la in walk if la.name.startswith(f"features.{bi}.")]
+        proj = [la for la in mine if _is_proj(la)]
+        if not proj:
+            continue
+        assert block.block_type == "residual"
+        assert proj[0].in_shape == mine[0].in_shape
+        last = f"features.{bi}.act{len(block.conv_kernels) - 1}"
+        after = next(la for la in mine if la.name == last)
+        assert proj[-1].out_shape == after.in_shape
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,6 +734,9 @@ def test_walk_names_are_the_module_tree(spec: ArchSpec):
     }
     if spec.aggregation == "gap":  # GAP's pool and flatten are one layer of the walk
         leaves = {n for n in leaves if not n.startswith("aggregate.")} | {"aggregate"}
+    # A squeeze-and-excitation module (two linear layers and its gate) is one layer too.
+    se = {n for n, m in model.named_modules() if isinstance(m, SqueezeExcite)}
+    leaves = {n for n in leaves if not any(n.startswith(f"{e}.") for e in se)} | se
     if spec.aggregation == "multiscale":  # the sections' container is the walk's aggregate
         leaves.add("aggregate")
     assert leaves == names
@@ -525,6 +748,7 @@ def test_walk_names_are_the_module_tree(spec: ArchSpec):
         "pool": (nn.MaxPool2d, nn.AvgPool2d),
         "dropout": nn.Dropout,
         "linear": nn.Linear,
+        "se": SqueezeExcite,
     }
     for name, kind in kinds.items():
         if kind in expected:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import pickle
@@ -16,6 +17,7 @@ import pytest
 from cnnas.models import (
     ACTIVATIONS,
     AGGREGATIONS,
+    BLOCK_TYPES,
     HEADS,
     PADDINGS,
     POOLS,
@@ -27,7 +29,7 @@ from cnnas.models import (
     infer_shapes,
     multiscale_sections,
 )
-from tests.models._specs import grid_specs, random_params, random_specs
+from tests.models._specs import BLOCK_COMBOS, grid_specs, random_params, random_specs
 
 
 def small_spec(**changes: Any) -> ArchSpec:
@@ -83,6 +85,14 @@ def test_random_generator_yields_enough_valid_specs():
     # Multi-head specs whose last map allows three, two and one head (the tiny inputs).
     maps = [next(la for la in infer_shapes(s) if la.kind == "aggregate").in_shape for s in multi]
     assert {len(multiscale_sections(m)) for m in maps} == {1, 2, 3}
+    # The efficient blocks: every type, SE on and off, strides, expansions active and inactive.
+    assert {b.block_type for b in blocks} == set(BLOCK_TYPES)
+    assert {b.se_ratio > 0 for b in blocks} == {False, True}
+    assert any(b.se_ratio not in (0.0, 0.25) for b in blocks)
+    assert {b.stride for b in blocks} == {1, 2, 3}
+    assert {b.expansion for b in blocks if b.block_type == "inverted"} == {1, 2, 3, 6}
+    assert {b.expansion for b in blocks if b.block_type != "inverted"} == {1, 2, 3, 6}
+    assert any(b.factorize and b.kernel > 3 for b in blocks if b.block_type == "inverted")
 
 
 @pytest.mark.parametrize("spec", random_params())
@@ -151,6 +161,9 @@ def test_json_is_plain_types():
             assert set(b) == {f.name for f in dataclasses.fields(ConvBlock)}
             assert type(b["dropout"]) is float
             assert type(b["factorize"]) is bool
+            assert type(b["se_ratio"]) is float
+            assert type(b["stride"]) is int and type(b["expansion"]) is int
+            assert b["block_type"] in BLOCK_TYPES
         for d in data["dense"]:
             assert set(d) == {f.name for f in dataclasses.fields(DenseLayer)}
 
@@ -212,6 +225,8 @@ def test_defaults():
     got = (b.kernel, b.convs, b.padding, b.batch_norm, b.activation, b.pool, b.dropout)
     assert got == (3, 1, "same", False, "relu", "none", 0.0)
     assert b.factorize is False
+    got = (b.block_type, b.expansion, b.se_ratio, b.stride)
+    assert got == ("plain", 6, 0.0, 1)
     d = DenseLayer(8)
     assert (d.activation, d.dropout) == ("relu", 0.0)
     s = ArchSpec((1, 8, 8), 2, (b,))
@@ -299,6 +314,38 @@ _ERRORS: list[tuple[str, Callable[[], Any], str, tuple[str, ...]]] = [
     ("predict", lambda: small_spec(predict="vote"), "predict", ("'vote'", *PREDICTIONS)),
     ("predict=None", lambda: small_spec(predict=None), "predict", PREDICTIONS),
     ("pool=Conv", lambda: ConvBlock(8, pool="Conv"), "pool", ("'Conv'", *POOLS)),
+    # The efficient blocks.
+    ("block_type", lambda: ConvBlock(8, block_type="mbconv"), "block_type",
+     ("'mbconv'", *BLOCK_TYPES)),
+    ("block_type=None", lambda: ConvBlock(8, block_type=None), "block_type", BLOCK_TYPES),
+    ("block_type=residual valid", lambda: ConvBlock(8, block_type="residual", padding="valid"),
+     "block_type", ("'residual'", "padding 'same'", "'valid'")),
+    ("expansion=0", lambda: ConvBlock(8, block_type="inverted", expansion=0), "expansion",
+     ("1..16",)),
+    ("expansion=17", lambda: ConvBlock(8, expansion=17), "expansion", ("1..16",)),
+    ("expansion=2.0", lambda: ConvBlock(8, expansion=2.0), "expansion", ("integer",)),
+    ("expansion=True", lambda: ConvBlock(8, expansion=True), "expansion", ("True",)),
+    ("se_ratio=-0.1", lambda: ConvBlock(8, se_ratio=-0.1), "se_ratio", ("[0, 1]", "-0.1")),
+    ("se_ratio=1.5", lambda: ConvBlock(8, se_ratio=1.5), "se_ratio", ("[0, 1]",)),
+    ("se_ratio=nan", lambda: ConvBlock(8, se_ratio=float("nan")), "se_ratio", ()),
+    ("se_ratio=True", lambda: ConvBlock(8, se_ratio=True), "se_ratio", ("True",)),
+    ("se_ratio='0.25'", lambda: ConvBlock(8, se_ratio="0.25"), "se_ratio", ("'0.25'",)),
+    ("se_ratio=None", lambda: ConvBlock(8, se_ratio=None), "se_ratio", ()),
+    ("stride=0", lambda: ConvBlock(8, stride=0), "stride", ("1..4",)),
+    ("stride=5", lambda: ConvBlock(8, stride=5), "stride", ("1..4",)),
+    ("stride=2.0", lambda: ConvBlock(8, stride=2.0), "stride", ("integer",)),
+    ("stride=False", lambda: ConvBlock(8, stride=False), "stride", ()),
+    ("from_dict blocks[1].block_type",
+     lambda: ArchSpec.from_dict(small_dict(blocks=[{"filters": 8},
+                                                   {"filters": 8, "block_type": "Residual"}])),
+     "blocks[1].block_type", BLOCK_TYPES),
+    ("from_json blocks[0].se_ratio",
+     lambda: ArchSpec.from_json(json.dumps(small_dict(blocks=[{"filters": 8, "se_ratio": 2}]))),
+     "blocks[0].se_ratio", ()),
+    ("from_dict blocks[0].residual valid",
+     lambda: ArchSpec.from_dict(small_dict(blocks=[{"filters": 8, "block_type": "residual",
+                                                    "padding": "valid"}])),
+     "blocks[0].block_type", ("same",)),
     ("from_dict blocks[1].factorize",
      lambda: ArchSpec.from_dict(small_dict(blocks=[{"filters": 8},
                                                    {"filters": 8, "factorize": "true"}])),
@@ -348,7 +395,7 @@ _ERRORS: list[tuple[str, Callable[[], Any], str, tuple[str, ...]]] = [
      lambda: ArchSpec.from_dict({"input_shape": [1, 8, 8], "blocks": [{"filters": 1}]}), "",
      ("num_classes",)),
     ("ConvBlock.from_dict unknown",
-     lambda: ConvBlock.from_dict({"filters": 8, "stride": 2}), "", ("stride",)),
+     lambda: ConvBlock.from_dict({"filters": 8, "groups": 2}), "", ("groups", "stride")),
     ("from_dict non-mapping", lambda: ArchSpec.from_dict([1, 2]), "", ("mapping",)),
     # JSON.
     ("from_json invalid", lambda: ArchSpec.from_json("{not json"), "", ("JSON",)),
@@ -424,6 +471,15 @@ def test_boundary_values_are_valid():
     ArchSpec((1, 1, 1), 2, (ConvBlock(1),))
     ConvBlock(1, kernel=15, factorize=True, convs=8)
     ConvBlock(1, kernel=1, factorize=True)
+    ConvBlock(1, block_type="inverted", expansion=1, se_ratio=1.0, stride=4)
+    ConvBlock(1, block_type="inverted", expansion=16, se_ratio=0)
+    ConvBlock(1, block_type="residual", kernel=1)
+    assert (
+        ConvBlock(1, se_ratio=1).se_ratio == 1.0
+        and type(ConvBlock(1, se_ratio=1).se_ratio) is float
+    )
+    # An inverted block may use 'valid' padding: its bottlenecks then add nothing back.
+    ArchSpec((1, 8, 8), 2, (ConvBlock(2, block_type="inverted", padding="valid", convs=2),))
     multi = {"aggregation": "multiscale", "heads": "multi"}
     assert small_spec(**multi, aux_weight=0).aux_weight == 0.0
     assert small_spec(**multi, aux_weight=100).aux_weight == 100.0
@@ -469,9 +525,13 @@ def _mutations() -> list[tuple[str, ArchSpec]]:
         "activation": "gelu",
         "pool": "avg",
         "dropout": 0.25,
+        "block_type": "separable",
+        "se_ratio": 0.25,
+        "stride": 2,
     }
-    # factorize is active only on kernels above 3; it is mutated on a 5x5 block below.
-    block_fields = {f.name for f in dataclasses.fields(ConvBlock)} - {"factorize"}
+    # factorize is active only on kernels above 3 (not in inverted blocks), expansion only in
+    # inverted blocks: both are mutated where they are active, below.
+    block_fields = {f.name for f in dataclasses.fields(ConvBlock)} - {"factorize", "expansion"}
     dense_changes = {"width": 33, "activation": "tanh", "dropout": 0.5}
     assert set(block_changes) == block_fields
     assert set(dense_changes) == {f.name for f in dataclasses.fields(DenseLayer)}
@@ -491,6 +551,17 @@ def _mutations() -> list[tuple[str, ArchSpec]]:
         out.append((f"dense[0].{name}", small_spec(dense=(changed,))))
     factorized = dataclasses.replace(b0, kernel=5, factorize=True)
     out.append(("blocks[0].factorize", small_spec(blocks=(factorized, *base.blocks[1:]))))
+    for name, value in {"residual": "residual", "inverted": "inverted"}.items():
+        changed = dataclasses.replace(b0, block_type=value)
+        out.append((f"blocks[0].block_type={name}", small_spec(blocks=(changed, *base.blocks[1:]))))
+    inverted = dataclasses.replace(b0, block_type="inverted", expansion=2)
+    out.append(("blocks[0].expansion", small_spec(blocks=(inverted, *base.blocks[1:]))))
+    out.append(
+        (
+            "blocks[0].se_ratio=0.5",
+            small_spec(blocks=(dataclasses.replace(b0, se_ratio=0.5), *base.blocks[1:])),
+        )
+    )
     out.append(("aggregation.multiscale", small_spec(aggregation="multiscale")))
     multi = {"aggregation": "multiscale", "heads": "multi"}
     out.append(("heads", small_spec(**multi)))
@@ -621,3 +692,202 @@ def test_summary_mentions_filters_and_aggregation():
         assert spec.aggregation in s
         for b in spec.blocks:
             assert f"{b.filters}c{b.kernel}" in s
+
+
+# --------------------------------------------------------------------------------------------
+# the efficient blocks: identity of earlier specs, inactive fields, summary
+# --------------------------------------------------------------------------------------------
+
+# Hashes computed before block_type, expansion, se_ratio and stride existed. Stored studies find
+# their trained twins and saved weights their spec by these: they must never change.
+_EARLIER_HASHES = {
+    "tiny": "7c73222ff991dfb7",
+    "small": "514dbb9cbf858160",
+    "bn-gap-f5": "68b8693aafc7c181",
+    "multi": "f373608426010d4d",
+    "adaptive": "2d1c063f66acca8d",
+}
+
+
+def _earlier_specs() -> dict[str, ArchSpec]:
+    return {
+        "tiny": ArchSpec((1, 8, 8), 2, (ConvBlock(1),)),
+        "small": small_spec(),
+        "bn-gap-f5": ArchSpec(
+            (3, 32, 32),
+            10,
+            (
+                ConvBlock(16, 5, 2, True, batch_norm=True, pool="conv", dropout=0.25),
+                ConvBlock(32, factorize=True, activation="gelu", pool="avg"),
+            ),
+            aggregation="gap",
+            dense=(DenseLayer(64, activation="silu", dropout=0.5),),
+        ),
+        "multi": ArchSpec(
+            (1, 28, 28),
+            10,
+            (ConvBlock(16, pool="max"), ConvBlock(32, padding="valid", pool="max")),
+            aggregation="multiscale",
+            heads="multi",
+            aux_weight=0.5,
+            predict="mean",
+        ),
+        "adaptive": ArchSpec(
+            (1, 28, 28),
+            10,
+            (
+                ConvBlock(16, batch_norm=True, pool="max"),
+                ConvBlock(16, batch_norm=True),
+                ConvBlock(16, batch_norm=True),
+            ),
+            aggregation="gap",
+            adaptive_depth=True,
+            exit_threshold=0.87,
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_EARLIER_HASHES))
+def test_earlier_specs_keep_their_hash(name: str):
+    spec = _earlier_specs()[name]
+    assert spec.spec_hash() == _EARLIER_HASHES[name]
+    # Written out with the new fields at their defaults, it is the same network and identity.
+    data = spec.to_dict()
+    assert {"block_type", "expansion", "se_ratio", "stride"} <= set(data["blocks"][0])
+    for b in data["blocks"]:
+        del b["block_type"], b["expansion"], b["se_ratio"], b["stride"]
+    assert ArchSpec.from_dict(data) == spec
+    assert ArchSpec.from_dict(data).spec_hash() == _EARLIER_HASHES[name]
+    # The canonical dict has none of them.
+    for b in spec.canonical_dict()["blocks"]:
+        assert not {"block_type", "expansion", "se_ratio", "stride"} & set(b)
+
+
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+
+
+def test_earlier_random_and_grid_specs_keep_their_hashes():
+    # The generators' specs as they were before the efficient blocks (the random ones without
+    # the later fields' stream, the grid without the options and combinations that use them),
+    # hashed before those fields existed.
+    earlier, _ = random_specs(later=False)
+    assert len(earlier) == 142
+    assert _digest([s.spec_hash() for s in earlier]) == "004ea18ba7890113"
+    new_opts = ("block_type=", "se_ratio=", "stride=", "expansion=")
+    new_combos = tuple(f"{c}-" for c in BLOCK_COMBOS)
+    grid = [
+        f"{sid}:{s.spec_hash()}"
+        for sid, s in grid_specs()
+        if not any(o in sid for o in new_opts) and not sid.startswith(new_combos)
+    ]
+    assert len(grid) == 135
+    assert _digest(grid) == "138eda52afc673ce"
+
+
+def test_new_fields_change_the_hash_only_when_active():
+    base = small_spec()
+    b0 = base.blocks[0]
+
+    def with_block(**changes: Any) -> ArchSpec:
+        return small_spec(blocks=(dataclasses.replace(b0, **changes), *base.blocks[1:]))
+
+    # The expansion of a non-inverted block, and factorisation in an inverted one, change nothing.
+    assert with_block(expansion=2).spec_hash() == base.spec_hash()
+    inverted = with_block(block_type="inverted", kernel=5)
+    assert with_block(block_type="inverted", kernel=5, factorize=True).spec_hash() == (
+        inverted.spec_hash()
+    )
+    assert with_block(block_type="inverted", expansion=2).spec_hash() != (
+        with_block(block_type="inverted").spec_hash()
+    )
+    # Written at their defaults, the new fields are the earlier network.
+    defaults = {"block_type": "plain", "se_ratio": 0.0, "stride": 1, "expansion": 6}
+    assert with_block(**defaults).spec_hash() == base.spec_hash()
+    hashes = {
+        with_block(**change).spec_hash()
+        for change in (
+            {},
+            {"block_type": "separable"},
+            {"block_type": "residual"},
+            {"block_type": "inverted"},
+            {"se_ratio": 0.25},
+            {"se_ratio": 0.5},
+            {"stride": 2},
+            {"block_type": "inverted", "se_ratio": 0.25, "stride": 2},
+        )
+    }
+    assert len(hashes) == 8
+
+
+def test_inactive_fields_of_the_new_blocks():
+    assert ConvBlock(4).inactive() == ("factorize", "expansion")
+    assert ConvBlock(4, kernel=5, block_type="separable").inactive() == ("expansion",)
+    assert ConvBlock(4, kernel=5, block_type="residual").inactive() == ("expansion",)
+    assert ConvBlock(4, kernel=5, block_type="inverted").inactive() == ("factorize",)
+    assert ConvBlock(4, kernel=3, block_type="inverted").inactive() == ("factorize",)
+    spec = small_spec(
+        blocks=(
+            ConvBlock(8, kernel=5, block_type="inverted", expansion=4, se_ratio=0.25, stride=2),
+            ConvBlock(8, block_type="separable", expansion=4),
+        )
+    )
+    inverted, separable = spec.canonical_dict()["blocks"]
+    assert inverted["expansion"] == 4 and inverted["se_ratio"] == 0.25 and inverted["stride"] == 2
+    assert inverted["block_type"] == "inverted" and "factorize" not in inverted
+    assert separable["block_type"] == "separable"
+    assert not {"expansion", "se_ratio", "stride"} & set(separable)
+    # The round trip keeps every field, inactive ones included.
+    back = ArchSpec.from_json(spec.to_json())
+    assert back == spec and back.blocks[1].expansion == 4
+
+
+def test_round_trip_of_the_new_fields():
+    spec = small_spec(
+        blocks=(
+            ConvBlock(8, block_type="residual", convs=2, batch_norm=True, stride=2, pool="max"),
+            ConvBlock(16, block_type="inverted", expansion=3, se_ratio=0.123456789, convs=2),
+        ),
+        aggregation="gap",
+    )
+    data = json.loads(spec.to_json())
+    assert [b["block_type"] for b in data["blocks"]] == ["residual", "inverted"]
+    assert data["blocks"][1]["se_ratio"] == 0.123456789
+    assert (data["blocks"][0]["stride"], data["blocks"][1]["expansion"]) == (2, 3)
+    assert ArchSpec.from_json(spec.to_json()) == spec
+    assert ArchSpec.from_dict(spec.to_dict()).spec_hash() == spec.spec_hash()
+    # An integer ratio is stored as a float: 1 and 1.0 are one block.
+    assert ConvBlock(4, se_ratio=1) == ConvBlock(4, se_ratio=1.0)
+
+
+def test_summary_names_the_new_blocks():
+    spec = small_spec(
+        blocks=(
+            ConvBlock(16, batch_norm=True),
+            ConvBlock(16, block_type="separable", stride=2, batch_norm=True),
+            ConvBlock(32, block_type="residual", convs=2, stride=2, se_ratio=0.25, pool="max"),
+            ConvBlock(32, kernel=5, block_type="inverted", expansion=4, convs=2, dropout=0.1),
+        ),
+        aggregation="gap",
+    )
+    s = spec.summary()
+    assert s.split(" | ")[:4] == [
+        "16c3+bn",
+        "16c3/2+dw+bn",
+        "32c3x2/2+res+se0.25>max",
+        "32c5x2+inv4~0.1",
+    ]
+    # Markdown-safe: nothing the report renderer would have to escape beyond its own separators.
+    assert not set(s.replace(" | ", "")) & set("*[]<`_#")
+    # Earlier specs read as they always did.
+    assert small_spec().summary() == "8c3>max | 16c5>max | flatten | d32 | 10"
+    marks = {"separable": "+dw", "residual": "+res", "inverted": "+inv"}
+    for spec in random_specs()[0]:
+        parts = spec.summary().split(" | ")
+        for b, part in zip(spec.blocks, parts, strict=False):
+            assert part.startswith(f"{b.filters}c{b.kernel}")
+            for kind, mark in marks.items():
+                assert (mark in part) == (b.block_type == kind), part
+            assert ("+inv" + str(b.expansion) in part) == (b.block_type == "inverted"), part
+            assert ("+se" in part) == (b.se_ratio > 0), part
+            assert ("/" in part) == (b.stride > 1), part
