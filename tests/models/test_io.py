@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from torch import nn
 from cnnas import models
 from cnnas.models import (
     CNN,
+    MANIFEST_FILE,
     META_FILE,
     SPEC_FILE,
     WEIGHTS_FILE,
@@ -29,10 +32,14 @@ from cnnas.models import (
     count_macs,
     count_params,
     load_model,
+    read_manifest,
     read_metadata,
     save_model,
     sha256_file,
+    write_manifest,
 )
+
+ALL_FILES = sorted([SPEC_FILE, WEIGHTS_FILE, META_FILE, MANIFEST_FILE])
 
 # BatchNorm everywhere (its buffers must round-trip), a factorised 5x5, a learnable conv pool,
 # dropout, and a multi-scale aggregation with one head per section, predicting their mean.
@@ -198,12 +205,16 @@ def test_extra_may_not_shadow_recorded_keys_and_must_be_json(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_read_metadata_without_file_is_empty_and_load_still_works(tmp_path):
+def test_read_metadata_without_file_is_empty_and_only_an_unverified_load_works(tmp_path):
+    # Changed with the manifest: metadata.json holds the normalisation, so a verified load
+    # refuses a folder that lost it (before, only the weights were covered).
     model = trained(PLAIN)
     save_model(model, tmp_path)
     (tmp_path / META_FILE).unlink()
     assert read_metadata(tmp_path) == {}
-    assert_same_state(model, load_model(tmp_path))
+    with pytest.raises(ModelFileError, match=rf"{META_FILE}: missing, but {MANIFEST_FILE} lists"):
+        load_model(tmp_path)
+    assert_same_state(model, load_model(tmp_path, verify=False))
 
 
 def test_invalid_metadata_json_is_refused(tmp_path):
@@ -218,6 +229,9 @@ def test_invalid_metadata_json_is_refused(tmp_path):
     with pytest.raises(ModelFileError, match="JSON object"):
         read_metadata(tmp_path)
     (tmp_path / META_FILE).write_text('{"spec_hash": "x"}')
+    with pytest.raises(ModelFileError, match=f"{META_FILE}: sha256 .* differs"):
+        load_model(tmp_path)
+    write_manifest(tmp_path)  # recorded as it is now: metadata.json's own check still refuses
     with pytest.raises(ModelFileError, match="no sha256"):
         load_model(tmp_path)
 
@@ -272,7 +286,8 @@ def _edit_spec(directory: Path, **block0) -> None:
 def test_tampered_filter_count_is_refused(tmp_path):
     save_model(trained(BN_MULTIHEAD), tmp_path)
     _edit_spec(tmp_path, filters=5)
-    with pytest.raises(ModelFileError, match=r"spec hash.*refusing to load"):
+    # The manifest names the edited file (before it, the spec hash in metadata.json did).
+    with pytest.raises(ModelFileError, match=rf"{SPEC_FILE}: sha256 .* refusing to load"):
         load_model(tmp_path)
     # Unverified, the weights no longer fit the network; every mismatch is listed.
     with pytest.raises(ModelFileError, match="shape mismatch") as err:
@@ -282,12 +297,18 @@ def test_tampered_filter_count_is_refused(tmp_path):
 
 
 def test_shape_preserving_spec_edit_is_caught_by_the_weights_header(tmp_path):
-    # gelu for relu changes the network but no tensor shape; with metadata.json gone the spec
-    # hash in the safetensors header is what notices.
+    # gelu for relu changes the network but no tensor shape. The manifest notices first; with
+    # the manifest and metadata.json rewritten to match the edit, the spec hash in the
+    # safetensors header still does.
     save_model(trained(BN_MULTIHEAD), tmp_path)
-    (tmp_path / META_FILE).unlink()
     _edit_spec(tmp_path, activation="tanh")
-    with pytest.raises(ModelFileError, match=r"spec hash.*refusing to load"):
+    with pytest.raises(ModelFileError, match=f"{SPEC_FILE}: sha256 .* refusing to load"):
+        load_model(tmp_path)
+    meta = read_metadata(tmp_path)
+    meta["spec_hash"] = ArchSpec.from_json((tmp_path / SPEC_FILE).read_text()).spec_hash()
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    write_manifest(tmp_path)
+    with pytest.raises(ModelFileError, match=r"weights were saved for spec hash.*refusing to load"):
         load_model(tmp_path)
     assert load_model(tmp_path, verify=False).spec.blocks[0].activation == "tanh"
 
@@ -314,7 +335,7 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path):
     state["extra.weight"] = torch.zeros(2)
     (tmp_path / WEIGHTS_FILE).write_bytes(st_save(state))
     with pytest.raises(ModelFileError) as err:
-        load_model(tmp_path)
+        load_model(tmp_path, verify=False)
     msg = str(err.value)
     assert "missing tensors ['classifier.bias', 'features.1.bn0.running_var']" in msg
     assert "unexpected tensors ['extra.weight']" in msg
@@ -371,13 +392,13 @@ def test_load_never_unpickles(tmp_path, monkeypatch):
     assert_same_state(model, loaded)
 
 
-def test_save_leaves_exactly_the_three_files_and_overwrites_cleanly(tmp_path):
+def test_save_leaves_exactly_the_four_files_and_overwrites_cleanly(tmp_path):
     out = tmp_path / "deep" / "er"
     save_model(trained(PLAIN), out)
-    assert files(out) == sorted([SPEC_FILE, WEIGHTS_FILE, META_FILE])
+    assert files(out) == ALL_FILES
     other = trained(BN_MULTIHEAD, seed=3)
     save_model(other, out)
-    assert files(out) == sorted([SPEC_FILE, WEIGHTS_FILE, META_FILE])
+    assert files(out) == ALL_FILES
     assert_same_state(other, load_model(out))
 
 
@@ -398,29 +419,115 @@ def test_crash_mid_save_keeps_the_old_files_and_leaves_no_temp_file(tmp_path, mo
     monkeypatch.setattr(os, "replace", crash_on(WEIGHTS_FILE))
     with pytest.raises(OSError, match="simulated crash"):
         save_model(trained(BN_MULTIHEAD), tmp_path)
-    assert files(tmp_path) == sorted([SPEC_FILE, WEIGHTS_FILE, META_FILE])
+    assert files(tmp_path) == ALL_FILES
     assert_same_state(old, load_model(tmp_path))
 
-    # A crash between the new weights and the new metadata: a verified load refuses the mix.
-    monkeypatch.setattr(os, "replace", crash_on(META_FILE))
-    with pytest.raises(OSError, match="simulated crash"):
-        save_model(trained(PLAIN, seed=5), tmp_path)
-    assert files(tmp_path) == sorted([SPEC_FILE, WEIGHTS_FILE, META_FILE])
-    with pytest.raises(ModelFileError, match="refusing to load"):
-        load_model(tmp_path)
+    # A crash after the new weights and metadata, before the new manifest: a verified load
+    # refuses the mix (and a crash before the new metadata, the same).
+    for last in (MANIFEST_FILE, META_FILE):
+        monkeypatch.setattr(os, "replace", crash_on(last))
+        with pytest.raises(OSError, match="simulated crash"):
+            save_model(trained(PLAIN, seed=5), tmp_path)
+        assert files(tmp_path) == ALL_FILES
+        with pytest.raises(ModelFileError, match="refusing to load"):
+            load_model(tmp_path)
 
 
 def test_public_names_are_exported():
     for name in (
+        "MANIFEST_FILE",
         "META_FILE",
+        "MODEL_FILES",
         "SPEC_FILE",
         "WEIGHTS_FILE",
         "ModelFileError",
+        "check_manifest",
         "load_model",
+        "read_manifest",
         "read_metadata",
         "save_model",
         "sha256_file",
+        "write_manifest",
     ):
         assert name in models.__all__
         # The re-export must be the very object of the defining module.
         assert getattr(models, name) is getattr(models._io, name)  # noqa: SLF001
+
+
+# --- the manifest and deterministic bytes -----------------------------------------------------
+
+
+def test_the_manifest_records_the_sha256_of_every_file(tmp_path):
+    save_model(trained(BN_MULTIHEAD), tmp_path, extra={"mean": [1.0], "std": [2.0]})
+    recorded = json.loads((tmp_path / MANIFEST_FILE).read_text())["sha256"]
+    assert recorded == {
+        name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+        for name in (SPEC_FILE, WEIGHTS_FILE, META_FILE)
+    }
+    assert read_manifest(tmp_path) == recorded
+
+
+@pytest.mark.parametrize(
+    "content",
+    [None, "", "{}", '{"sha256": {}}', "[]", '{"sha256": {"spec.json": "ab"}}'],
+    ids=["missing", "blank", "empty-object", "empty-map", "list", "incomplete"],
+)
+def test_a_missing_or_empty_manifest_is_refused_unless_unverified(tmp_path, content):
+    model = trained(PLAIN)
+    save_model(model, tmp_path)
+    if content is None:
+        (tmp_path / MANIFEST_FILE).unlink()
+    else:
+        (tmp_path / MANIFEST_FILE).write_text(content)
+    with pytest.raises(ModelFileError, match=MANIFEST_FILE) as err:
+        load_model(tmp_path)
+    assert "verify=False" in str(err.value) or "not valid JSON" in str(err.value)
+    assert_same_state(model, load_model(tmp_path, verify=False))
+
+
+def test_edited_metadata_is_refused(tmp_path):
+    # The normalisation decides every prediction: an edit is as bad as one in the weights.
+    save_model(trained(PLAIN), tmp_path, extra={"mean": [10.0, 20.0, 30.0], "std": [1, 1, 1]})
+    meta = read_metadata(tmp_path)
+    meta["mean"] = [0.0, 0.0, 0.0]
+    (tmp_path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(ModelFileError, match=f"{META_FILE}: sha256 .* refusing to load"):
+        load_model(tmp_path)
+    load_model(tmp_path, verify=False)
+    write_manifest(tmp_path)  # recorded on purpose (as cnnas pull does): accepted again
+    load_model(tmp_path)
+
+
+def test_the_same_weights_always_give_the_same_bytes(tmp_path):
+    model = trained(BN_MULTIHEAD)
+    extra = {"mean": [1.0], "std": [2.0], "classes": ["a", "b", "c"]}
+    for i in range(4):
+        save_model(model, tmp_path / str(i), extra=extra)
+    # Another process: safetensors orders its header by a hash map seeded per process.
+    code = (
+        "import sys, torch; from cnnas.models import load_model, save_model; "
+        "save_model(load_model(sys.argv[1]), sys.argv[2], extra="
+        f"{extra!r})"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "0"), str(tmp_path / "other")], check=True
+    )
+    for name in (WEIGHTS_FILE, SPEC_FILE, META_FILE, MANIFEST_FILE):
+        contents = {(tmp_path / d / name).read_bytes() for d in ("0", "1", "2", "3", "other")}
+        assert len(contents) == 1, name
+    assert sha256_file(tmp_path / "other" / WEIGHTS_FILE) == read_metadata(tmp_path / "0")["sha256"]
+    # Still an ordinary safetensors file, with sorted keys in its header.
+    data = (tmp_path / "0" / WEIGHTS_FILE).read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    assert n % 8 == 0
+    keys = list(json.loads(data[8 : 8 + n]))
+    assert keys == sorted(keys)
+    with safe_open(tmp_path / "0" / WEIGHTS_FILE, "pt") as f:
+        assert sorted(f.keys()) == sorted(model.state_dict())
+    assert_same_state(model, load_model(tmp_path / "other"))
+
+
+def test_different_weights_give_different_bytes(tmp_path):
+    save_model(trained(PLAIN, seed=0), tmp_path / "a")
+    save_model(trained(PLAIN, seed=1), tmp_path / "b")
+    assert sha256_file(tmp_path / "a" / WEIGHTS_FILE) != sha256_file(tmp_path / "b" / WEIGHTS_FILE)
