@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import unicodedata
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -166,10 +167,55 @@ def _with_test_split(raw: RawData, test_fraction: float) -> tuple[_Images, _Imag
     )
 
 
+def _check_images(raw: RawData) -> None:
+    """Images with pixels: a reader that takes arrays as they come (npz, IDX) may hand over
+    images 0 pixels high or wide, which no network can read."""
+    for what, x in (("training", raw.pool_x), ("test", raw.test_x)):
+        if x is not None and x.dim() == 4 and (x.shape[2] == 0 or x.shape[3] == 0):
+            raise DatasetError(
+                f"{raw.source}: the {what} images are {x.shape[2]}x{x.shape[3]} pixels: "
+                "images with no pixels cannot be classified"
+            )
+
+
+def _check_class_names(classes: tuple[str, ...], source: str) -> None:
+    """Every class named once: two classes of one name (also in two Unicode spellings, as
+    macOS and Linux write 'é') could not be told apart in a prediction or a confusion matrix."""
+    seen: dict[str, str] = {}
+    for c in classes:
+        key = unicodedata.normalize("NFC", str(c)).strip()
+        if key in seen:
+            raise DatasetError(
+                f"{source}: class {key!r} is named twice ({seen[key]!r} and {str(c)!r}); "
+                "give every class a name of its own"
+            )
+        seen[key] = str(c)
+
+
+def _check_split_sizes(
+    source: str, train: _Images, val: _Images, test: _Images, settings: _Settings
+) -> None:
+    """Every split holds images: a set too small for one validation or test image would fail
+    later, in the middle of a study."""
+    for what, part, hint in (
+        ("test", test, f"data.test_fraction {settings.test_fraction:g}"),
+        ("validation", val, f"data.val_fraction {settings.val_fraction:g}"),
+        ("training", train, "a class needs at least two images"),
+    ):
+        if len(part.y) == 0:
+            total = len(train.y) + len(val.y) + len(test.y)
+            raise DatasetError(
+                f"{source}: {total} images leave 0 {what} images "
+                f"({hint}; a class gives up an image only when it has two or more); add images "
+                "or use a larger fraction"
+            )
+
+
 def _check_classes(
     name: str, classes: tuple[str, ...], pool_y: torch.Tensor, test_y: torch.Tensor, source: str
 ) -> None:
     """At least two classes among the training labels, and every label a class index."""
+    _check_class_names(classes, source)
     present = torch.unique(pool_y).tolist()
     if len(present) < 2:
         only = ", ".join(classes[int(k)] for k in present) or "none"
@@ -315,11 +361,13 @@ def load_dataset(
         subset=subset,
     )
     raw = entry.read(request)
+    _check_images(raw)
     pool, test = _with_test_split(raw, settings.test_fraction)
     _check_classes(name, raw.classes, pool.y, test.y, raw.source)
     pool = _take_subset(pool, settings.subset, seed, name, raw.classes)
     pool, test = _resized(pool, request.image_size), _resized(test, request.image_size)
     train, val = _train_val(pool, settings.val_fraction, seed)
+    _check_split_sizes(raw.source, train, val, test, settings)
     mean, std = _channel_stats(train.x)
     return ImageData(
         name=name,

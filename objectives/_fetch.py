@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -156,7 +157,7 @@ def _download(url: str, target: Path, md5: str, out: TextIO) -> None:
                 response = urllib.request.urlopen(url, timeout=60)
             except urllib.error.HTTPError as exc:
                 raise DatasetError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
-            except (urllib.error.URLError, OSError) as exc:
+            except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
                 raise DatasetError(f"cannot download {url}: {reason}") from None
             with response:
@@ -272,6 +273,18 @@ def _fetch_file(
         target.unlink()
 
 
+def _check_mirror(mirror: str, origin: str) -> None:
+    """A mirror is a URL with a scheme urllib can fetch and, but for file:, a host."""
+    parts = urllib.parse.urlsplit(mirror)
+    if parts.scheme not in ("http", "https", "ftp", "file") or (
+        parts.scheme != "file" and not parts.netloc
+    ):
+        raise DatasetError(
+            f"the data mirror {mirror[:200]!r} ({origin}) is not a URL; give one like "
+            "https://host/datasets/ that serves <name>/<file> (or file:///folder/)"
+        )
+
+
 def fetch(
     name: str,
     directory: str | os.PathLike | None = None,
@@ -296,7 +309,11 @@ def fetch(
     """
     out = out if out is not None else sys.stderr
     remote = remote or remote_for(name)
-    mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
+    origin = "--mirror"
+    if mirror is None and os.environ.get(MIRROR_ENV):
+        mirror, origin = os.environ[MIRROR_ENV], f"${MIRROR_ENV}"
+    if mirror is not None:
+        _check_mirror(mirror, origin)
     local = _local_copy(remote)
     if local is not None and directory is None:
         print(f"{remote.name}: present in {local}; nothing to download", file=out)

@@ -35,8 +35,9 @@ __all__ = ["IMAGE_EXTENSIONS", "default_cache_dir", "image_folder_cache", "load_
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"}
 )
-# Bump when the decoded array would differ for the same files (conversion, resampling).
-_CACHE_VERSION = 1
+# Bump when the decoded array would differ for the same files (conversion, resampling); 2:
+# images wider than 8 bits are scaled, not clipped.
+_CACHE_VERSION = 2
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _PROGRESS_EVERY = 2000
 
@@ -56,21 +57,40 @@ def _is_image(name: str) -> bool:
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
-    return sorted(
-        e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
-    )
+    names = []
+    for e in os.scandir(split_dir):
+        if e.name.startswith("."):
+            continue
+        try:
+            is_dir = e.is_dir()
+        except OSError as exc:  # a symbolic link that points at itself
+            is_dir = False
+            print(f"warning: {e.path} is skipped: {exc.strerror}", file=sys.stderr)
+        else:
+            if not is_dir and e.is_symlink():
+                print(f"warning: {e.path} is skipped: a broken symbolic link", file=sys.stderr)
+        if is_dir:
+            names.append(e.name)
+    return sorted(names)
 
 
 def _scan(class_dir: Path) -> list[tuple[str, int, int]]:
-    """(path relative to the class folder, size, mtime_ns) of every image, in sorted order."""
+    """(path relative to the class folder, size, mtime_ns) of every image, in sorted order.
+
+    A file that cannot be looked at (a broken or looping symbolic link) is listed with size
+    and time -1: decoding it fails, and it counts as unreadable like any damaged image."""
     found = []
     for here, dirs, files in os.walk(class_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if _is_image(name):
                 full = Path(here) / name
-                st = full.stat()
-                found.append((full.relative_to(class_dir).as_posix(), st.st_size, st.st_mtime_ns))
+                try:
+                    st = full.stat()
+                    size, mtime = st.st_size, st.st_mtime_ns
+                except OSError:
+                    size = mtime = -1
+                found.append((full.relative_to(class_dir).as_posix(), size, mtime))
     return found
 
 
@@ -216,7 +236,7 @@ def _decode(
     for n, (i, _, _) in enumerate(heads, 1):
         try:
             with Image.open(full(entries[i])) as img:
-                img = img.convert(mode)
+                img = to_8_bits(img).convert(mode)
                 if img.size != (w, h):
                     img = img.resize((w, h), Image.BILINEAR)
                 array = np.asarray(img, dtype=np.uint8)
@@ -232,6 +252,27 @@ def _decode(
                 flush=True,
             )
     return out[: len(kept)], kept, failed
+
+
+# Full scale of the image modes wider than 8 bits: Pillow keeps 16-bit grayscale (PNG, PGM,
+# TIFF) as I;16 or I with values up to 65535, and floating-point images as F in 0..1. Its own
+# convert() would clip them at 255 (every 16-bit image nearly white).
+_FULL_SCALE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
+
+
+def to_8_bits(img: Any) -> Any:
+    """``img``, scaled to 8 bits when its mode is wider (16-bit and 32-bit integer, float);
+    8-bit images are returned as they are."""
+    from PIL import Image
+
+    if img.mode not in _FULL_SCALE and img.mode != "F":
+        return img
+    array = np.asarray(img, dtype=np.float64)
+    full = _FULL_SCALE.get(img.mode)
+    if full is None:  # float: fractions of full intensity, or already 0..255
+        full = 1.0 if array.size == 0 or float(np.nanmax(array)) <= 1.0 else 255.0
+    scaled = np.nan_to_num(array * (255.0 / full), nan=0.0)
+    return Image.fromarray(np.rint(scaled).clip(0, 255).astype(np.uint8), "L")
 
 
 def load_image_folder(
