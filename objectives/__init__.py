@@ -10,10 +10,13 @@ from ._batches import Batches, on_device
 from ._data import ImageData, load_dataset, resize_images
 from ._datasets import DATASETS, EMNIST_SPLITS, DatasetEntry, dataset_entry
 from ._errors import DatasetError
+from ._familiar import input_statistics, unfamiliar
 from ._fetch import MIRROR_ENV, REMOTES, Remote, fetch
 from ._folder import image_folder_cache
 from ._idx import find_fashion_mnist, read_idx
+from ._latency import BACKENDS, Latency, measure_latency
 from ._locate import default_data_dir
+from ._predictor import ImageClassifier, ImageInputError, Prediction, Predictor
 from ._skip_train import (
     activation_scores,
     earliest_correct,
@@ -23,6 +26,10 @@ from ._skip_train import (
 )
 from ._split import stratified_split
 from ._train import (
+    ACCELERATORS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
     Classifier,
     TrainConfig,
     TrialResult,
@@ -33,16 +40,26 @@ from ._train import (
 )
 
 __all__ = [
+    "ACCELERATORS",
+    "BACKENDS",
     "DATASETS",
     "EMNIST_SPLITS",
     "MIRROR_ENV",
+    "OPTIMIZERS",
+    "PRECISIONS",
     "REMOTES",
+    "SCHEDULES",
     "Augment",
     "Batches",
     "Classifier",
     "DatasetEntry",
     "DatasetError",
+    "ImageClassifier",
     "ImageData",
+    "ImageInputError",
+    "Latency",
+    "Prediction",
+    "Predictor",
     "Remote",
     "TrainConfig",
     "TrialResult",
@@ -57,8 +74,10 @@ __all__ = [
     "find_fashion_mnist",
     "fit",
     "image_folder_cache",
+    "input_statistics",
     "load_dataset",
     "logits_in_batches",
+    "measure_latency",
     "on_device",
     "predict_in_batches",
     "read_idx",
@@ -66,4 +85,5 @@ __all__ = [
     "stratified_split",
     "strongest_activation_labels",
     "train_rmsprop",
+    "unfamiliar",
 ]

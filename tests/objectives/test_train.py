@@ -79,7 +79,9 @@ def test_returned_model_is_the_one_scored(digits) -> None:
 
 
 def test_learning_rate_decays_on_a_validation_plateau(digits) -> None:
-    cfg = TrainConfig(epochs=8, batch_size=64, lr=3e-3, lr_patience=0, lr_factor=0.5)
+    cfg = TrainConfig(
+        epochs=8, batch_size=64, lr=3e-3, lr_patience=0, lr_factor=0.5, schedule="plateau"
+    )
     r = fit(small_spec(digits), digits, cfg)
     lr, acc = r.curves["lr"], r.curves["val_acc"]
     assert lr[0] == pytest.approx(3e-3)
