@@ -22,8 +22,18 @@ from typing import Any
 import yaml
 
 from cnnas.models import AGGREGATIONS, HEADS, POOLS, PREDICTIONS
-from cnnas.objectives import DATASETS, Augment, TrainConfig
-from cnnas.objectives._train import ACCELERATORS, PRECISIONS
+from cnnas.objectives import (
+    ACCELERATORS,
+    DATASETS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    Augment,
+    TrainConfig,
+)
+from cnnas.objectives import (
+    BACKENDS as LATENCY_BACKENDS,
+)
 
 from ._aliases import CHAMPION_RULES, ChampionRule
 from .errors import ConfigError
@@ -34,6 +44,8 @@ __all__ = [
     "SAMPLERS",
     "ConfigError",
     "DataConfig",
+    "FinalSection",
+    "LatencySection",
     "MlflowConfig",
     "SpaceConfig",
     "StudyConfig",
@@ -51,7 +63,7 @@ SAMPLERS = ("tpe", "nsga2", "random")
 # maximise validation accuracy alone (complexity is still recorded and its front still drawn).
 OBJECTIVES = ("pareto", "accuracy")
 # The complexity objective minimised next to validation accuracy.
-COMPLEXITY = ("params", "macs")
+COMPLEXITY = ("params", "macs", "latency")
 GROWTH = ("constant", "doubling")
 SPACE_PRESETS = ("default", "seed003", "seed002", "seed000")
 
@@ -66,7 +78,11 @@ def _opt(default: Any, doc: str, **rules: Any) -> Any:
 @dataclass(frozen=True)
 class StudySection:
     name: str = _opt(
-        "cnnas", "Study name; letters, digits, '.', '_' and '-'.", pattern=r"[\w.-]{1,64}"
+        "cnnas",
+        "Study name; up to 64 letters, digits, '.', '_' and '-', starting with a letter, digit "
+        "or '_' (it names folders: '..' must not).",
+        pattern=r"\w[\w.-]{0,63}",
+        allowed="up to 64 letters, digits, '.', '_' and '-', starting with a letter, digit or '_'",
     )
     trials: int = _opt(
         20,
@@ -86,7 +102,10 @@ class StudySection:
         choices=OBJECTIVES,
     )
     complexity: str = _opt(
-        "params", "Complexity objective minimised next to validation accuracy.", choices=COMPLEXITY
+        "params",
+        "Complexity objective minimised next to validation accuracy: parameters, MACs per image, "
+        "or latency (median ms of one image on this machine, see the latency section).",
+        choices=COMPLEXITY,
     )
     project_dir: str = _opt(
         "cnnas-runs",
@@ -221,8 +240,35 @@ _TRAINER = TrainConfig()
 class TrainSection:
     epochs: int = _opt(_TRAINER.epochs, "Training epochs per trial.", lo=1, hi=10000)
     batch_size: int = _opt(_TRAINER.batch_size, "Images per step.", lo=1, hi=1 << 16)
-    lr: float = _opt(_TRAINER.lr, "Adam learning rate.", lo=1e-7, hi=1.0)
-    weight_decay: float = _opt(_TRAINER.weight_decay, "Adam weight decay.", lo=0.0, hi=1.0)
+    optimizer: str = _opt(
+        _TRAINER.optimizer,
+        "adam, adamw (decoupled weight decay) or sgd (Nesterov momentum 0.9).",
+        choices=OPTIMIZERS,
+    )
+    lr: float = _opt(
+        _TRAINER.lr, "Learning rate (the peak one for cosine and onecycle).", lo=1e-7, hi=10.0
+    )
+    weight_decay: float = _opt(
+        _TRAINER.weight_decay,
+        "Weight decay (L2 for adam and sgd, decoupled for adamw).",
+        lo=0.0,
+        hi=1.0,
+    )
+    schedule: str = _opt(
+        _TRAINER.schedule,
+        "plateau (decay when validation accuracy stalls), cosine (warm-up, then cosine to 0), "
+        "onecycle, or constant.",
+        choices=SCHEDULES,
+    )
+    warmup: float = _opt(
+        _TRAINER.warmup, "cosine, onecycle: share of the steps spent warming up.", lo=0.0, hi=0.5
+    )
+    label_smoothing: float = _opt(
+        _TRAINER.label_smoothing,
+        "Label smoothing of the training loss (0: none).",
+        lo=0.0,
+        hi=0.49,
+    )
     lr_factor: float = _opt(
         _TRAINER.lr_factor,
         "Learning-rate decay factor on a validation-accuracy plateau.",
@@ -289,6 +335,18 @@ POOL_SCOPES = ("block", "network")
 
 @dataclass(frozen=True)
 class SpaceConfig:
+    # The efficient blocks' dimensions with all their values (what the default space offers with
+    # them in): dataclasses.replace(SpaceConfig(), **SpaceConfig.EFFICIENT), or these keys in a
+    # config file, searches them.
+    EFFICIENT: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
+        "block_types": ("plain", "separable", "residual", "inverted"),
+        "se_ratio": (0.0, 0.25),
+        "pools": ("max", "avg", "conv", "stride", "none"),
+    }
+    # Whether the default space includes them; bench/baselines.py decides. This is the one line to
+    # change: it is read when the class is defined (the defaults below), not at run time.
+    _OFFER_EFFICIENT = False
+
     preset: str = _opt(
         "default",
         "Named search space; the other space keys start from its values (see 'Named spaces').",
@@ -310,10 +368,32 @@ class SpaceConfig:
         (False, True), "Factorise kxk convs into 3x3 stacks (choices; asked only for k > 3)."
     )
     batch_norm: tuple[bool, ...] = _opt((True, False), "BatchNorm after each conv (choices).")
+    block_types: tuple[str, ...] = _opt(
+        EFFICIENT["block_types"] if _OFFER_EFFICIENT else ("plain",),
+        "Conv block type, one for the network (choices): plain (kxk convs), separable (depthwise "
+        "kxk + pointwise 1x1), residual (a shortcut around the block's convs, a 1x1 projection "
+        "where the shape changes), inverted (MobileNetV2 inverted bottlenecks, one per conv).",
+        # models.BLOCK_TYPES; tests/search/test_space.py keeps the two equal.
+        choices=("plain", "separable", "residual", "inverted"),
+    )
+    expansions: IntDim = _opt(
+        (2, 4, 6),
+        "Expansion ratio of inverted blocks (choices or a range; asked only for inverted).",
+        lo=1,
+        hi=16,
+    )
+    se_ratio: FloatDim = _opt(
+        EFFICIENT["se_ratio"] if _OFFER_EFFICIENT else (0.0,),
+        "Squeeze-and-excitation in every block: its hidden width as a fraction of the channels, "
+        "0 for none (choices, or a range in steps of 1/16).",
+        lo=0.0,
+        hi=1.0,
+    )
     pools: tuple[str, ...] = _opt(
-        ("max", "avg", "conv", "none"),
-        "Downsampling after a block (choices; conv = learnable stride-2 conv).",
-        choices=POOLS,
+        EFFICIENT["pools"] if _OFFER_EFFICIENT else ("max", "avg", "conv", "none"),
+        "Downsampling after a block (choices; conv = learnable stride-2 conv; stride = the "
+        "block's first conv has stride 2, no pool).",
+        choices=(*POOLS, "stride"),
     )
     pool_scope: str = _opt(
         "block",
@@ -362,7 +442,9 @@ class SpaceConfig:
     )
 
 
-# The named spaces, each from a source document; a config's own space keys override them.
+# The named spaces, each from a source document; a config's own space keys override them. The
+# seeds' spaces name their plain blocks, so they stay as their documents describe them whatever
+# the default space offers.
 SPACE_PRESETS_VALUES: dict[str, dict[str, Any]] = {
     "default": {},
     # Seed 003's manual search: N conv layers -> GAP -> M dense layers of 1024, kernel and filter
@@ -376,6 +458,8 @@ SPACE_PRESETS_VALUES: dict[str, dict[str, Any]] = {
         "kernels": (3, 5, 7, 9),
         "factorize": (False,),
         "batch_norm": (False, True),
+        "block_types": ("plain",),
+        "se_ratio": (0.0,),
         "pools": ("max", "none"),
         "pool_scope": "network",
         "block_dropout": (0.0,),
@@ -398,6 +482,8 @@ SPACE_PRESETS_VALUES: dict[str, dict[str, Any]] = {
         "kernels": (3, 5),
         "factorize": (False, True),
         "batch_norm": (False, True),
+        "block_types": ("plain",),
+        "se_ratio": (0.0,),
         "pools": ("max", "conv"),
         "pool_scope": "block",
         "block_dropout": FloatRange(0.0, 0.7),
@@ -419,6 +505,8 @@ SPACE_PRESETS_VALUES: dict[str, dict[str, Any]] = {
         "kernels": (3, 5),
         "factorize": (False,),
         "batch_norm": (False, True),
+        "block_types": ("plain",),
+        "se_ratio": (0.0,),
         "pools": ("max",),
         "pool_scope": "block",
         "block_dropout": FloatRange(0.0, 0.3),
@@ -501,6 +589,60 @@ class RegistrySection:
 
 
 @dataclass(frozen=True)
+class LatencySection:
+    backend: str = _opt(
+        "torch",
+        "What runs the network when it is timed: torch (eager PyTorch) or onnxruntime (the "
+        "exported ONNX graph; needs onnxruntime, onnx and onnxscript).",
+        choices=LATENCY_BACKENDS,
+    )
+    threads: int = _opt(1, "CPU threads the network is timed with.", lo=1, hi=1024)
+    batch_size: int = _opt(32, "Images of the batch timing (the other is one image).", lo=1)
+    budget: float = _opt(
+        0.1,
+        "Seconds each of the two timings may take (at least 3 runs each); every trial is timed "
+        "once, cached by its spec hash.",
+        lo=0.01,
+        hi=60.0,
+    )
+
+
+FINAL_MEMBERS = ("aliases", "champion", "front")
+FINAL_DATA = ("train+val", "train")
+
+
+@dataclass(frozen=True)
+class FinalSection:
+    share: float = _opt(
+        0.5,
+        "Share of study.timeout kept for training the handed-over networks at full fidelity "
+        "after the search (without a timeout: share / (1 - share) x the search's time); 0: "
+        "no final training, the search-fidelity networks are registered.",
+        lo=0.0,
+        hi=0.9,
+    )
+    members: str = _opt(
+        "aliases",
+        "Which networks the final phase trains, the champion first: the registry aliases' "
+        "members, the champion alone, or the whole front.",
+        choices=FINAL_MEMBERS,
+    )
+    data: str = _opt(
+        "train+val",
+        "What they train on: the whole training pool (train+val; no data.subset), or the "
+        "training split alone.",
+        choices=FINAL_DATA,
+    )
+    schedule: str = _opt(
+        "onecycle",
+        "Learning-rate schedule of the final training (train.schedule's choices). onecycle and "
+        "cosine plan for the epochs the budget allows and need no validation split.",
+        choices=SCHEDULES,
+    )
+    max_epochs: int = _opt(200, "Most epochs a network of the final phase trains.", lo=1)
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     study: StudySection = field(default_factory=StudySection)
     data: DataConfig = field(default_factory=DataConfig)
@@ -508,6 +650,8 @@ class StudyConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     registry: RegistrySection = field(default_factory=RegistrySection)
     pruning: PruningSection = field(default_factory=PruningSection)
+    final: FinalSection = field(default_factory=FinalSection)
+    latency: LatencySection = field(default_factory=LatencySection)
     mlflow: str | None = _opt(
         None,
         "Path of mlflow.yml (relative to this file); "
@@ -523,7 +667,13 @@ class StudyConfig:
         else:
             current = {**dataclasses.asdict(getattr(self, section)), **changes}
         new = _build(type(getattr(self, section)), current, section)
-        return dataclasses.replace(self, **{section: new})
+        given = self.given() | {f"{section}.{k}" for k in changes}
+        return _with_given(dataclasses.replace(self, **{section: new}), given)
+
+    def given(self) -> frozenset[str]:
+        """The keys the config's source named (``train.epochs``), as opposed to defaults: a
+        default that depends on the dataset is derived only where nobody chose a value."""
+        return getattr(self, "_given", frozenset())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -577,6 +727,9 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         value = float(value)
     elif tp is str and not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {_shown(value)}")
+    elif tp is str and "\0" in value:
+        # Every string here names something (a path, a URL, a name); none can hold a NUL.
+        raise ConfigError(f"{key}: holds a NUL character (\\0), got {_shown(value)}")
     return value
 
 
@@ -595,7 +748,8 @@ def _check_scalar(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
         )
     pattern = meta.get("pattern")
     if pattern is not None and not re.fullmatch(pattern, value):
-        raise ConfigError(f"{key}: {_shown(value)} does not match {pattern}")
+        rule = meta.get("allowed", pattern)
+        raise ConfigError(f"{key}: {_shown(value)} does not match the rule: {rule}")
     if meta.get("odd") and value % 2 == 0:
         raise ConfigError(f"{key}: must be odd, got {value}")
     return value
@@ -603,9 +757,23 @@ def _check_scalar(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
 
 def _shown(value: Any, limit: int = 80) -> str:
     """A value as an error message shows it: its repr, cut short. A YAML alias can expand to
-    megabytes under a valid key, and a message must stay a line a person reads."""
-    text = repr(value)
+    megabytes under a valid key, and a message must stay a line a person reads; repr escapes
+    newlines and terminal control characters, so a value cannot fake a second line either."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return f"<{type(value).__name__} too long to show>"
+    text = text if text.isprintable() else ascii(text)
     return text if len(text) <= limit else f"{text[:limit]}... ({type(value).__name__})"
+
+
+def _key_shown(key: Any, limit: int = 80) -> str:
+    """A key as a message names it: as written when it is a short, printable name, else
+    escaped and cut like a value."""
+    text = str(key)
+    if text.isprintable() and text.isascii() and len(text) <= limit:
+        return text
+    return _shown(key, limit)
 
 
 def _check(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
@@ -663,7 +831,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     # str(): YAML reads a bare `yes` as True, and mixed key types do not sort.
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        key = f"{prefix}.{_key_shown(unknown[0])}" if prefix else _key_shown(unknown[0])
         raise ConfigError(f"{key}: unknown key; allowed here: {', '.join(fields)}")
     if cls is SpaceConfig:  # a named space supplies the keys the file leaves out
         preset = _check_scalar(
@@ -679,7 +847,23 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
         values[name] = _check(value, hints[name], key, dict(fields[name].metadata))
-    return cls(**values)
+    built = cls(**values)
+    if cls is StudyConfig:
+        named = {
+            f"{section}.{key}"
+            for section, keys in data.items()
+            if isinstance(keys, dict)
+            for key in keys
+        }
+        built = _with_given(built, frozenset(named | {k for k in data if k in ("mlflow",)}))
+    return built
+
+
+def _with_given(cfg: StudyConfig, given: frozenset[str]) -> StudyConfig:
+    # Not a field: it says where values came from, not what the study is, so it stays out of
+    # equality, to_dict() and the stored config.
+    object.__setattr__(cfg, "_given", frozenset(given))
+    return cfg
 
 
 def _plain(value: Any) -> Any:
@@ -691,23 +875,122 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# A config file is a few kilobytes and a few hundred values; anything far larger is a mistake or
+# an attack (a "billion laughs": aliases of aliases that expand to gigabytes).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_VALUES = 10_000
+# YAML's 1.1 merge key (``<<: *base``): its keys are meant to be overridden, so never duplicates.
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except OSError as e:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {str(path)!r} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a study "
+            "config is a few kilobytes"
+        )
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
     return _parse_yaml(text, str(path))
 
 
 def _parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load``, stricter: a key given twice in one mapping, aliases that expand
+    beyond ``MAX_YAML_VALUES`` values, and a recursive alias are errors (with their lines)."""
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, where)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: malformed YAML: {_yaml_problem(e)}") from None
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(f"{where}: malformed YAML: nested too deeply") from None
+    except ValueError as e:  # int('9' * 5000), a date like 2001-13-45
+        raise ConfigError(f"{where}: malformed YAML: a value cannot be read ({e})") from None
+    finally:
+        loader.dispose()
+
+
+def _node_path(path: str, key: yaml.Node) -> str:
+    name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+    return f"{path}.{_key_shown(name)}" if path else _key_shown(name)
+
+
+def _check_nodes(root: yaml.Node, where: str) -> None:
+    """Walks the composed document once (each node once, however many aliases point at it):
+    refuses duplicate keys, recursive aliases, and a document whose aliases would expand to
+    more than ``MAX_YAML_VALUES`` values. Iterative, so deep nesting cannot overflow."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    aliased = False
+    stack: list[tuple[yaml.Node, str, bool]] = [(root, "", False)]
+    while stack:
+        node, path, done = stack.pop()
+        if done:
+            open_.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in _children(node))
+            if size[id(node)] > MAX_YAML_VALUES:
+                how = "expands (through YAML aliases) to" if aliased else "holds"
+                raise ConfigError(
+                    f"{where}: {path or 'the document'} {how} more than {MAX_YAML_VALUES} "
+                    "values; a study config needs a few hundred"
+                )
+            continue
+        if id(node) in size:
+            aliased = True  # a node reached twice: an alias
+            continue
+        if id(node) in open_:
+            raise ConfigError(
+                f"{where}: {path or 'the document'} (line {node.start_mark.line + 1}): a YAML "
+                "alias refers to the value that contains it; a config cannot be recursive"
+            )
+        open_.add(id(node))
+        stack.append((node, path, True))
+        if isinstance(node, yaml.MappingNode):
+            _check_keys(node, path, where)
+            for key, value in node.value:
+                stack.append((value, _node_path(path, key), False))
+                stack.append((key, path, False))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((c, f"{path}[{i}]", False) for i, c in enumerate(node.value))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_keys(node: yaml.MappingNode, path: str, where: str) -> None:
+    """A key given twice in one mapping (the last would silently win): both lines named."""
+    seen: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+            continue
+        line = key.start_mark.line + 1
+        first = seen.get((key.tag, key.value))
+        seen.setdefault((key.tag, key.value), line)
+        if first is not None:
+            raise ConfigError(
+                f"{where}: {_node_path(path, key)} is given twice, on line {first} and line "
+                f"{line}; YAML would keep only the last, so remove one"
+            )
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -734,7 +1017,9 @@ def load_config(path: str | os.PathLike | None) -> StudyConfig:
     data = _read_yaml(path)
     cfg = _build(StudyConfig, data, "")
     if cfg.mlflow is not None and not Path(cfg.mlflow).is_absolute():
-        cfg = dataclasses.replace(cfg, mlflow=str(path.parent / cfg.mlflow))
+        cfg = _with_given(
+            dataclasses.replace(cfg, mlflow=str(path.parent / cfg.mlflow)), cfg.given()
+        )
     return cfg
 
 

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import optuna
 from optuna.storages import BaseStorage
@@ -26,12 +27,15 @@ from .errors import ConfigError, UsageError
 
 __all__ = [
     "StartLock",
+    "check_project_dir",
     "check_storage",
     "existing_storage",
     "existing_study",
     "open_storage",
     "process_gone",
+    "safe_text",
     "safe_url",
+    "same_database",
     "storage_location",
     "worker_id",
 ]
@@ -64,48 +68,166 @@ def open_storage(
     against 124 ms for SQLite, measured here. A database storage gets Optuna's heartbeat: a
     running trial that stays silent for ``study.grace_period`` seconds (its worker was killed) is
     failed by the next worker that starts a trial, and ``on_stale`` is called with it.
+
+    A journal or database that cannot be read (damaged, or of another Optuna) is a UsageError
+    that names it and says what to do; the file itself is left as it is.
     """
     if cfg.study.storage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                cfg.study.storage,
-                engine_kwargs=_engine_kwargs(cfg.study.storage),
-                heartbeat_interval=cfg.study.heartbeat_interval,
-                grace_period=cfg.study.grace_period,
-                heartbeat_stale_trial_callback=on_stale,
-            )
+        url = cfg.study.storage
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=_engine_kwargs(url),
+                    heartbeat_interval=cfg.study.heartbeat_interval,
+                    grace_period=cfg.study.grace_period,
+                    heartbeat_stale_trial_callback=on_stale,
+                )
+        except Exception as e:  # a damaged SQLite file, a schema of another Optuna
+            raise UsageError(
+                f"study.storage: the database {safe_url(url)!r} cannot be used as an Optuna "
+                f"storage ({safe_text(_first_line(e), url)}); if it is damaged, restore it from "
+                "a backup or name another database"
+            ) from None
     path = Path(storage_location(cfg))
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as e:
+        raise UsageError(f"the study journal {path} cannot be opened: {e.strerror}") from None
+    except Exception as e:  # JSON that does not parse, or log entries Optuna cannot replay
+        raise UsageError(
+            f"the study journal {path} is damaged and cannot be read ({type(e).__name__}: "
+            f"{_first_line(e)[:200]}); move it away to start afresh (its studies are lost), or "
+            "restore it from a backup"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# Query parameters that carry a secret (libpq's password, tokens of HTTP stores).
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:password|passwd|pwd|pass|secret|token|access_token|api_key|apikey)=)[^&;#]*"
+)
+
+
+def _secrets(url: str) -> list[str]:
+    """The password of ``url`` (user info or query), as written and decoded."""
+    found = [m.group(0).split("=", 1)[1] for m in _SECRET_PARAM.finditer(url)]
+    _, sep, rest = url.partition("://")
+    if sep:
+        # The user info ends at the last '@' before the query: an unencoded '@' in a password
+        # belongs to the password (the database drivers cut at the first one).
+        before_query = _SECRET_PARAM.sub("", rest).split("?", 1)[0]
+        userinfo = before_query.rpartition("@")[0]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+    return [s for s in {*found, *(unquote(f) for f in found)} if s]
 
 
 def safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """The URL without its password (in the user info, unencoded ``@`` included, or in the
+    query as ``?password=``), for messages."""
+    masked = _SECRET_PARAM.sub(r"\1***", url)
+    scheme, sep, rest = masked.partition("://")
+    if not sep:
+        return masked
+    head, query_sep, query = rest.partition("?")
+    userinfo, at, host = head.rpartition("@")
+    if at and ":" in userinfo:
+        head = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}://{head}{query_sep}{query}"
+
+
+def safe_text(text: str, url: str) -> str:
+    """``text`` (a driver's error message, say) with every piece of ``url``'s password masked:
+    a driver that cut the URL at an unencoded ``@`` names the password's tail as a host."""
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        pieces = [secret, *re.split(r"[@:/]", secret)]
+        for piece in sorted(set(pieces), key=len, reverse=True):
+            if len(piece) >= 3:
+                text = text.replace(piece, "***")
+    return text.replace(url, safe_url(url))
 
 
 def check_storage(cfg: StudyConfig) -> None:
-    """Raises ConfigError when the configured database cannot be reached; writes nothing."""
+    """Raises ConfigError when the configured database cannot be reached, UsageError when the
+    local journal is damaged; writes nothing."""
     url = cfg.study.storage
     if not url:
+        if Path(storage_location(cfg)).is_file():
+            open_storage(cfg)  # reads an existing journal (appends nothing): damage shows here
         return
     import sqlalchemy
 
     try:
         engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
     except Exception as e:  # a malformed URL or a missing driver
-        raise ConfigError(f"study.storage: cannot use {safe_url(url)!r}: {e}") from None
+        raise ConfigError(
+            f"study.storage: cannot use {safe_url(url)!r}: {safe_text(_first_line(e), url)}"
+        ) from None
     try:
         with engine.connect():
             pass
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"study.storage: cannot reach the database {safe_url(url)!r}: {first}"
+            f"study.storage: cannot reach the database {safe_url(url)!r}: "
+            f"{safe_text(_first_line(e), url)}"
         ) from None
     finally:
         engine.dispose()
+
+
+def same_database(a: str, b: str) -> bool:
+    """Two URLs name one database (driver, user, password and options aside)."""
+    import sqlalchemy
+
+    try:
+        ua, ub = sqlalchemy.engine.make_url(a), sqlalchemy.engine.make_url(b)
+    except Exception:  # an http:// tracking server, a malformed URL
+        return False
+    if ua.get_backend_name() != ub.get_backend_name():
+        return False
+    if ua.get_backend_name() == "sqlite":
+        return bool(ua.database) and ua.database == ub.database
+    port = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}.get(ua.get_backend_name())
+    return (ua.host or "localhost", ua.port or port, ua.database) == (
+        ub.host or "localhost",
+        ub.port or port,
+        ub.database,
+    )
+
+
+def check_project_dir(cfg: StudyConfig) -> None:
+    """Raises ConfigError when ``study.project_dir`` cannot hold the local stores: a file, a
+    folder inside a file, a folder this process cannot write, a name too long. Writes nothing."""
+    raw = cfg.study.project_dir
+    path = Path(raw)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"study.project_dir: {raw!r} is a file, not a folder; name a folder")
+    too_long = [p for p in path.parts if len(os.fsencode(p)) > 255]
+    if too_long:
+        raise ConfigError(
+            f"study.project_dir: a folder name in {raw[:80]!r}... is longer than 255 bytes"
+        )
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"study.project_dir: {raw!r} lies inside {str(existing)!r}, which is a file, not a "
+            "folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == path else f"would be created in {str(existing)!r}, which is"
+        raise ConfigError(
+            f"study.project_dir: {raw!r} {what} not writable by this user; name a folder you "
+            "can write"
+        )
 
 
 def _has_optuna_tables(url: str) -> bool:

@@ -11,6 +11,8 @@ One trial takes one path (:func:`run_trial`): under the study's start lock, coun
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import signal
 import threading
 import time
@@ -25,7 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnas.objectives import ImageData, fit, load_dataset
+from cnnas.objectives import ImageData, fit, input_statistics, load_dataset
 
 from ._config import SINGLE_OBJECTIVE_PRUNERS, MlflowConfig, StudyConfig
 from ._objective import (
@@ -52,12 +54,23 @@ from ._records import (
     records,
     state_counts,
 )
-from ._storage import StartLock, check_storage, open_storage, process_gone, worker_id
-from ._tracking import Tracker
+from ._sizing import size_for
+from ._storage import (
+    StartLock,
+    check_project_dir,
+    check_storage,
+    open_storage,
+    process_gone,
+    safe_url,
+    same_database,
+    worker_id,
+)
+from ._tracking import Tracker, check_tracking
 from .errors import ConfigError, StudyFailing, StudyMismatch
 
 __all__ = [
     "StudyRun",
+    "data_identity",
     "deferred_interrupts",
     "make_pruner",
     "make_sampler",
@@ -67,6 +80,7 @@ __all__ = [
     "replace_cfg",
     "run_study",
     "run_trial",
+    "search_timeout",
 ]
 
 # Datasets whose images change meaning when mirrored.
@@ -127,6 +141,58 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise ValueError(f"unknown sampler {name!r}; known: tpe, nsga2, random")
 
 
+# The study attribute that holds its dataset's identity (``data_identity``).
+DATA_ATTR = "data_identity"
+# The final metrics a trial's run ends with, as the trial's attributes hold them.
+METRIC_KEYS = ("params", "macs", "ratio", "seconds", "epochs")
+
+
+def data_identity(data: ImageData) -> dict[str, Any]:
+    """What makes two datasets the same for a study: name, image shape, classes, split sizes,
+    and a fingerprint of every image and label (of train, validation and test)."""
+    digest = hashlib.sha256()
+    for t in (data.train_x, data.train_y, data.val_x, data.val_y, data.test_x, data.test_y):
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(memoryview(t.contiguous().numpy()).cast("B"))
+    return {
+        "name": data.name,
+        "input_shape": list(data.input_shape),
+        "classes": list(data.classes),
+        "split": [len(data.train_y), len(data.val_y), len(data.test_y)],
+        "fingerprint": digest.hexdigest()[:16],
+    }
+
+
+def _describe_data(identity: dict[str, Any]) -> str:
+    classes = identity.get("classes") or []
+    shown = ", ".join(map(str, classes[:5])) + (", ..." if len(classes) > 5 else "")
+    split = "/".join(map(str, identity.get("split") or []))
+    return (
+        f"{identity.get('name')} {tuple(identity.get('input_shape') or ())}, "
+        f"{len(classes)} classes ({shown}), {split} train/val/test images, fingerprint "
+        f"{identity.get('fingerprint')}"
+    )
+
+
+def _left_run_status(trial: FrozenTrial | None, run_id: str, storage: str | None) -> str | None:
+    """The status a RUNNING trial run left behind gets, or None to leave it open."""
+    if trial is None:
+        return "KILLED"  # a run of no trial
+    if trial.state == TrialState.RUNNING:
+        worker = trial.user_attrs.get(ATTR.worker, "")
+        mine = trial.user_attrs.get(ATTR.run_id) == run_id
+        # Its own run is closed with the trial (fail_dead_local_trials, the heartbeat); an
+        # extra run of a local trial whose process is gone is closed here.
+        return "KILLED" if not mine and not storage and worker and process_gone(worker) else None
+    if trial.user_attrs.get(ATTR.run_id) != run_id:
+        return "KILLED"  # an extra run: the trial recorded another one
+    if trial.state == TrialState.COMPLETE:
+        return "FINISHED"
+    if trial.state == TrialState.FAIL and not trial.user_attrs.get(ATTR.interrupted):
+        return "FAILED" if "died" not in str(trial.user_attrs.get(ATTR.failure, "")) else "KILLED"
+    return "KILLED"  # pruned, interrupted, or a trial still waiting
+
+
 def sampler_seed(study_seed: int, started: int = 0, worker: str = "") -> int:
     """The seed of one process's sampler.
 
@@ -160,6 +226,9 @@ class StudyRun:
     # Names this process among the study's workers ("" for the one that started the study);
     # it gives the process a sampler seed of its own.
     worker: str = ""
+    # What prepare() derived from a small dataset's size, in words (None: nothing).
+    sizing: str | None = None
+    _input_stats: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def project_dir(self) -> Path:
@@ -177,10 +246,43 @@ class StudyRun:
 
         ``reopen_parent=False`` (for commands that only read a finished study) leaves an
         existing parent run's status alone.
+
+        Under the study's start lock, so that two processes starting the same new study at
+        the same moment make one study and one parent run. A study remembers its dataset and
+        refuses another (StudyMismatch); runs left RUNNING by a process that died are closed.
         """
         cfg = self.cfg
-        names = list(objective_names(cfg.study.complexity, cfg.study.objective))
+        self.project_dir.mkdir(parents=True, exist_ok=True)
+        # The MLflow store first: it appears whole or not at all, so a failure here (a full
+        # disk) leaves no study without its parent run behind.
+        self.tracker = Tracker(self.mlflow_cfg, self.project_dir)
         self.storage = open_storage(cfg, on_stale=self.stale_trial)
+        lock = StartLock(cfg)
+        lock.acquire()
+        try:
+            self._load_study()
+            self._check_dataset()
+            if "config" not in self.study.user_attrs:
+                # Later commands (pareto, register) rebuild the study's data and settings
+                # from this.
+                self.study.set_user_attr("config", cfg.to_json_dict())
+            self.study.set_user_attr("dataset", cfg.data.dataset)
+            self._fail_unstarted_trials()
+            self._close_left_runs()
+            existing = self.study.user_attrs.get(PARENT_RUN_ATTR)
+            if existing and not reopen_parent:
+                self.parent_run_id = existing
+                return
+            self.parent_run_id = self.tracker.parent_run(cfg.study.name, existing, cfg.to_dict())
+            if self.parent_run_id != existing:
+                self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_run_id)
+        finally:
+            lock.close()
+
+    def _load_study(self) -> None:
+        """The Optuna study, created if new, with a sampler of this process's own seed."""
+        cfg = self.cfg
+        names = list(objective_names(cfg.study.complexity, cfg.study.objective))
         self.study = optuna.create_study(
             storage=self.storage,
             study_name=cfg.study.name,
@@ -203,19 +305,76 @@ class StudyRun:
                 f"study {cfg.study.name!r} optimises {stored}, but the config asks for {names} "
                 "(study.objective, study.complexity); use another study.name"
             )
-        if "config" not in self.study.user_attrs:
-            # Later commands (pareto, register) rebuild the study's data and settings from this.
-            self.study.set_user_attr("config", cfg.to_json_dict())
-        self.study.set_user_attr("dataset", cfg.data.dataset)
-        self.project_dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = Tracker(self.mlflow_cfg, self.project_dir)
-        existing = self.study.user_attrs.get(PARENT_RUN_ATTR)
-        if existing and not reopen_parent:
-            self.parent_run_id = existing
+
+    def _check_dataset(self) -> None:
+        """Records the dataset's identity in a new study; refuses to go on with other data
+        (its front and registry would mix two datasets)."""
+        mine = data_identity(self.data)
+        stored = self.study.user_attrs.get(DATA_ATTR)
+        if stored is None:
+            self.study.set_user_attr(DATA_ATTR, mine)
             return
-        self.parent_run_id = self.tracker.parent_run(cfg.study.name, existing, cfg.to_dict())
-        if self.parent_run_id != existing:
-            self.study.set_user_attr(PARENT_RUN_ATTR, self.parent_run_id)
+        differ = [k for k in mine if stored.get(k) != mine[k]]
+        if differ:
+            raise StudyMismatch(
+                f"study {self.cfg.study.name!r} was run on {_describe_data(stored)}, but this "
+                f"config's data is {_describe_data(mine)} (differs in {', '.join(differ)}); "
+                "its front and registry would mix two datasets: use the data it was started "
+                "with (data.*), or another study.name"
+            )
+
+    def _fail_unstarted_trials(self) -> None:
+        """Fails the RUNNING trials that never recorded their worker: their process died between
+        ``study.ask()`` and its next write. Both happen under the start lock, which this process
+        holds now, so no live process is in between. Nothing was sampled or trained for them, so
+        they are marked ``interrupted`` and do not use up a slot of ``study.trials``."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if ATTR.worker in t.user_attrs:
+                continue
+            # FrozenTrial has no public id; the storage's own API takes the private one.
+            trial_id = t._trial_id  # noqa: SLF001
+            self.storage.set_trial_user_attr(trial_id, ATTR.interrupted, True)
+            self.storage.set_trial_user_attr(
+                trial_id, ATTR.failure, "its process died before the trial started"
+            )
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+
+    def _close_left_runs(self) -> list[str]:
+        """Closes the trial runs of this study that a process which died left RUNNING: the run
+        of a trial Optuna has finished (the process died between ``study.tell`` and closing the
+        run), and a run its trial never recorded (it died right after creating the run). A run
+        of a trial that is still running is left to its worker, or to the stale-trial rules."""
+        parent = self.study.user_attrs.get(PARENT_RUN_ATTR)
+        if not parent:
+            return []
+        client = self.tracker.client
+        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        closed = []
+        runs = client.search_runs(
+            [self.tracker.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
+            max_results=5000,
+        )
+        for r in runs:
+            number = r.data.tags.get("cnnas.trial", "")
+            trial = by_number.get(int(number)) if number.isdigit() else None
+            status = _left_run_status(trial, r.info.run_id, self.cfg.study.storage)
+            if status is None:
+                continue
+            metrics = {}
+            if trial is not None and trial.state == TrialState.COMPLETE:
+                metrics = {
+                    k: float(trial.user_attrs[k]) for k in METRIC_KEYS if k in trial.user_attrs
+                }
+            self.tracker.end_trial(
+                r.info.run_id,
+                status,
+                metrics=metrics,
+                tags={"cnnas.closed": "left RUNNING by a process that stopped; closed on reopen"},
+            )
+            closed.append(r.info.run_id)
+        return closed
 
     def end_parent(self, status: str, seconds: float) -> None:
         """Closes the study's parent run with the trial counts and the wall time it ran."""
@@ -223,6 +382,11 @@ class StudyRun:
             counts = state_counts(self.records())
             counts["wall_seconds"] = seconds
             self.tracker.end_parent(self.parent_run_id, counts, status)
+
+    def input_stats(self) -> dict[str, Any]:
+        if self._input_stats is None:
+            self._input_stats = input_statistics(self.data.train_x)
+        return self._input_stats
 
     def model_extra(self, number: int, refit_epochs: int | None = None) -> dict[str, Any]:
         """What a saved network needs besides its weights: preprocessing and provenance."""
@@ -236,6 +400,8 @@ class StudyRun:
             "trial": number,
             # How to read the same data again (file or folder, image size, test split).
             "data": self.cfg.to_json_dict()["data"],
+            # What the training images look like, for predict's "unlike the training data".
+            "input_stats": self.input_stats(),
         }
         if refit_epochs:
             extra["refit_epochs"] = refit_epochs
@@ -299,7 +465,18 @@ class StudyRun:
 def prepare(cfg: StudyConfig, *, trainer: Trainer = fit) -> StudyRun:
     """Checks everything the study needs; raises before anything is written."""
     mlflow_cfg = cfg.mlflow_config()
+    check_project_dir(cfg)
     check_storage(cfg)
+    # Before any study exists: an unreachable tracking server would otherwise be found only
+    # after the study was created, and MLflow's client retries it for minutes.
+    uri = check_tracking(mlflow_cfg, cfg.study.project_dir)
+    if cfg.study.storage and same_database(cfg.study.storage, uri):
+        raise ConfigError(
+            f"study.storage and the MLflow tracking_uri name the same database "
+            f"({safe_url(uri)}); Optuna and MLflow each keep their schema in a table named "
+            "alembic_version, so each needs a database of its own (createdb optuna; createdb "
+            "mlflow)"
+        )
     if cfg.pruning.method in SINGLE_OBJECTIVE_PRUNERS and cfg.study.objective != "accuracy":
         raise ConfigError(
             f"pruning.method: Optuna's {cfg.pruning.method} pruner needs a single-objective "
@@ -313,7 +490,13 @@ def prepare(cfg: StudyConfig, *, trainer: Trainer = fit) -> StudyRun:
             f"({NO_FLIP[cfg.data.dataset]}); set it to false"
         )
     data = load_dataset(cfg.data.dataset, **cfg.data.load_kwargs(), seed=cfg.study.seed)
-    return StudyRun(cfg=cfg, mlflow_cfg=mlflow_cfg, data=data, trainer=trainer)
+    sizing = size_for(cfg, len(data.train_y), len(data.train_y) + len(data.val_y))
+    if sizing.cfg.data.val_fraction != cfg.data.val_fraction:
+        # Split again with the derived validation share (a small dataset loads in moments).
+        data = load_dataset(cfg.data.dataset, **sizing.cfg.data.load_kwargs(), seed=cfg.study.seed)
+    run = StudyRun(cfg=sizing.cfg, mlflow_cfg=mlflow_cfg, data=data, trainer=trainer)
+    run.sizing = sizing.line(len(data.train_y))
+    return run
 
 
 # --- one trial ------------------------------------------------------------------------------------
@@ -332,6 +515,14 @@ def _start(run: StudyRun, trial: optuna.Trial, proposal: Proposal) -> str:
         (ATTR.augment, proposal.augment),
         (ATTR.params, proposal.params),
         (ATTR.macs, proposal.macs),
+        *(
+            (
+                (ATTR.latency_ms, proposal.latency.single_ms),
+                (ATTR.latency_batch_ms, proposal.latency.batch_ms),
+            )
+            if proposal.latency is not None
+            else ()
+        ),
         (ATTR.device, device_name(train_cfg)),
         (ATTR.constraints, list(violations.values())),
     ):
@@ -339,6 +530,17 @@ def _start(run: StudyRun, trial: optuna.Trial, proposal: Proposal) -> str:
     # Samplers learn feasibility from these (> 0: over budget), before any training.
     for key, value in violations.items():
         trial.set_constraint(key, value)
+    # optuna-dashboard (0.21) flags a trial infeasible only from the system attribute
+    # "constraints", a list: the form of Optuna's deprecated constraints_func, which
+    # set_constraint above does not write, so an over-budget trial looked feasible there. The
+    # storage's own set_trial_system_attr writes the list too; no deprecated API is involved, and
+    # Optuna 5 reads both forms with the same signs, so the samplers' judgement is unchanged.
+    # What an over-budget trial records as its accuracy: see _objective.edge_accuracy.
+    trial.storage.set_trial_system_attr(
+        trial._trial_id,  # noqa: SLF001 -- the storage API names a trial by its storage id
+        "constraints",
+        list(violations.values()),
+    )
     run_id = run.tracker.start_trial(run.parent_run_id, cfg.study.name, trial.number, proposal.spec)
     trial.set_user_attr(ATTR.run_id, run_id)
     return run_id
@@ -400,9 +602,10 @@ def record(
         tags["cnnas.duplicate_of"] = str(twin.number)
     elif isinstance(outcome, Infeasible):
         attrs = {ATTR.infeasible: outcome.reason, **outcome.notes}
-        # Accuracy 0: an infeasible architecture must never look better than a feasible one,
-        # also to samplers that ignore constraints (random).
-        state, values, status = TrialState.COMPLETE, _values(run, 0.0, complexity), "FINISHED"
+        # Not measured: the lower edge of the study's accuracies (edge_accuracy), never better
+        # than a trained network, and no marker of 0 that stretches every plot's axis.
+        state, status = TrialState.COMPLETE, "FINISHED"
+        values = _values(run, outcome.accuracy, complexity)
         metrics = {"params": float(proposal.params), "macs": float(proposal.macs)}
         tags["cnnas.infeasible"] = outcome.reason
     elif isinstance(outcome, Pruned):
@@ -553,7 +756,7 @@ def run_study(
     if run.study is None:
         run.open()
     cfg = run.cfg
-    limit = timeout if timeout is not None else cfg.study.timeout
+    limit = timeout if timeout is not None else search_timeout(cfg)
     failures: list[str] = []
     start = time.perf_counter()
     status = "FINISHED"
@@ -588,6 +791,13 @@ def run_study(
             f"{cfg.study.max_failures}); last error: {failures[-1]}"
         )
     return run.study
+
+
+def search_timeout(cfg: StudyConfig) -> float | None:
+    """The search's share of ``study.timeout``: the rest is the final phase's (``final.share``)."""
+    if cfg.study.timeout is None:
+        return None
+    return cfg.study.timeout * (1.0 - cfg.final.share)
 
 
 def replace_cfg(cfg: StudyConfig, **study_changes: Any) -> StudyConfig:
