@@ -40,6 +40,7 @@ _EXPORTS = {
     "Tracker": "._tracking",
     # the result
     "load": "._registry",
+    "load_predictor": "._registry",
     "parse_model_ref": "._registry",
     "pull": "._registry",
     "register_front": "._registry",

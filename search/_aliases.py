@@ -26,7 +26,7 @@ __all__ = [
     "pareto_members",
 ]
 
-COMPLEXITIES = ("params", "macs")
+COMPLEXITIES = ("params", "macs", "latency")
 CHAMPION_RULES = ("most_accurate", "smallest_within", "knee", "best_ratio")
 
 # Accuracies are floats: 0.905 - 0.005 need not compare >= 0.9, yet "within half a point" must
@@ -45,6 +45,7 @@ class Member:
     accuracy: float  # validation accuracy in [0, 1]
     params: int
     macs: float  # per image; executed MACs for adaptive-depth networks
+    latency: float = 0.0  # median milliseconds for one image (objectives.measure_latency)
 
     def __post_init__(self) -> None:
         # A NaN accuracy compares false with everything, which would make every ordering below
@@ -72,6 +73,8 @@ def _complexity_of(complexity: str) -> Callable[[Member], float]:
         return lambda m: m.params
     if complexity == "macs":
         return lambda m: m.macs
+    if complexity == "latency":
+        return lambda m: m.latency
     raise ValueError(f"complexity must be one of {COMPLEXITIES}, got {complexity!r}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["duration", "human", "num"]
+__all__ = ["AXIS_NAMES", "duration", "human", "num", "size"]
 
 
 def human(n: float) -> str:
@@ -14,6 +14,14 @@ def human(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f}{unit}"
     return f"{n:.0f}"
+
+
+def size(value: float, axis: str) -> str:
+    """A network's size on a complexity axis: ``56.87k`` parameters or MACs, ``0.21 ms``."""
+    return f"{value:.2f} ms" if axis == "latency" else human(value)
+
+
+AXIS_NAMES = {"params": "params", "macs": "MACs", "latency": "latency"}
 
 
 def duration(seconds: float) -> str:

@@ -14,6 +14,7 @@ import gc
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
@@ -21,9 +22,10 @@ import pytorch_lightning as pl
 import torch
 
 from cnnas.models import ArchSpec, count_macs, count_params
-from cnnas.objectives import ImageData, TrainConfig, TrialResult
+from cnnas.objectives import ImageData, Latency, TrainConfig, TrialResult
 
 from ._config import SINGLE_OBJECTIVE_PRUNERS, StudyConfig
+from ._latency import latency_of
 from ._pruning import OptunaPruning, ParetoPruner, PruneRule, references
 from ._records import TrialRecord
 from ._space import suggest_augment, suggest_spec
@@ -37,6 +39,7 @@ __all__ = [
     "Pruned",
     "Trained",
     "Trainer",
+    "edge_accuracy",
     "evaluate",
     "over_budget",
     "propose",
@@ -65,6 +68,8 @@ class Proposal:
     augment: bool
     params: int
     macs: int
+    # Median milliseconds of one image and of a batch on this machine (the latency section).
+    latency: Latency | None = None
 
     @property
     def identity(self) -> str:
@@ -72,13 +77,19 @@ class Proposal:
         return self.spec.spec_hash() + ("+aug" if self.augment else "")
 
     def complexity(self, axis: str) -> float:
+        if axis == "latency":
+            return float(self.latency.single_ms if self.latency else 0.0)
         return float(self.params if axis == "params" else self.macs)
 
 
 def propose(trial: optuna.Trial, cfg: StudyConfig, data: ImageData) -> Proposal:
-    """Samples the trial's architecture from the config's space, for the dataset's images."""
+    """Samples the trial's architecture from the config's space, for the dataset's images, and
+    times it (every trial records its latency, whatever the complexity axis)."""
     spec = suggest_spec(trial, cfg.space, data.input_shape, data.num_classes)
-    return Proposal(spec, suggest_augment(trial, cfg.space), count_params(spec), count_macs(spec))
+    latency = latency_of(spec, cfg.latency, Path(cfg.study.project_dir))
+    return Proposal(
+        spec, suggest_augment(trial, cfg.space), count_params(spec), count_macs(spec), latency
+    )
 
 
 def budget_violations(p: Proposal, cfg: StudyConfig) -> dict[str, float]:
@@ -125,6 +136,24 @@ class Infeasible:
 
     reason: str
     notes: dict[str, Any] = field(default_factory=dict)
+    # The accuracy to record as the trial's objective value, which nothing measured: the lowest
+    # of the study's trained trials so far (see edge_accuracy).
+    accuracy: float = 0.0
+
+
+def edge_accuracy(trials: Sequence[TrialRecord], num_classes: int) -> float:
+    """The objective value for a trial that trained nothing: the lowest validation accuracy of
+    the study's trained trials so far, or chance (1 / classes) before any.
+
+    Optuna's constrained samplers judge an infeasible trial by its constraints alone (TPE puts
+    it in its "bad" group, NSGA-II ranks it below every feasible one), so the value need only
+    not mislead: at the lower edge of the accuracies the plots already show, it neither looks
+    better than a trained network nor stretches every accuracy axis down to 0 as a marker of
+    0 would (optuna-dashboard draws it grey, from its constraints). ``-inf`` would say "no
+    value" best, but turns the dashboard's Pareto-front axis into categories.
+    """
+    measured = [r.val_acc for r in trials if r.trained and math.isfinite(r.val_acc or math.nan)]
+    return float(min(measured)) if measured else 1.0 / max(num_classes, 1)
 
 
 @dataclass(frozen=True)
@@ -250,7 +279,7 @@ def _fit_within_memory(
             notes["oom_batch_size"] = batch // 2
             continue
         reason = f"out of memory at batch size {batch} on {device_name(train_cfg)}"
-        return Infeasible(reason, notes)
+        return Infeasible(reason, notes, edge_accuracy(ctx.trials(), ctx.data.num_classes))
 
 
 def _check_finite(result: TrialResult) -> None:
@@ -271,7 +300,7 @@ def evaluate(
     try:
         reason = over_budget(proposal, cfg)
         if reason is not None:
-            return Infeasible(reason)
+            return Infeasible(reason, accuracy=edge_accuracy(ctx.trials(), ctx.data.num_classes))
         twin = _twin(ctx.trials(), proposal.identity)
         if twin is not None:
             return Duplicate(twin)

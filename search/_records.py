@@ -43,6 +43,9 @@ class _Attrs:
     augment = "augment"
     params = "params"
     macs = "macs"
+    # Median milliseconds of one image and of a batch (the study's latency settings).
+    latency_ms = "latency_ms"
+    latency_batch_ms = "latency_batch_ms"
     device = "device"
     run_id = "mlflow_run_id"
     # The budget violations (> 0: over), for samplers that read them and for the dashboard.
@@ -96,6 +99,8 @@ class TrialRecord:
     macs: int | None
     # MACs per image its validation images actually ran (adaptive depth); else ``macs``.
     executed_macs: float | None
+    latency_ms: float | None
+    latency_batch_ms: float | None
     val_acc: float | None
     val_loss: float | None
     train_acc: float | None
@@ -134,6 +139,8 @@ class TrialRecord:
             params=None if a.get(ATTR.params) is None else int(a[ATTR.params]),
             macs=None if macs is None else int(macs),
             executed_macs=_float(a.get("executed_macs", macs)),
+            latency_ms=_float(a.get(ATTR.latency_ms)),
+            latency_batch_ms=_float(a.get(ATTR.latency_batch_ms)),
             val_acc=_float(a.get("val_acc")),
             val_loss=_float(a.get("val_loss")),
             train_acc=_float(a.get("train_acc")),
@@ -185,11 +192,14 @@ class TrialRecord:
         ``params``: trainable parameters. ``macs``: the MACs per image its validation images
         actually executed, which is the full count except for adaptive-depth networks; that is
         what a MACs study minimises, so the front, the registry and the aliases all use it.
+        ``latency``: the median milliseconds of one image on the machine that timed it.
         """
         if axis == "params":
             return float(self.params or 0)
         if axis == "macs":
             return float(self.executed_macs if self.executed_macs is not None else self.macs or 0)
+        if axis == "latency":
+            return float(self.latency_ms or 0.0)
         raise ValueError(f"unknown complexity axis {axis!r}; known: {', '.join(COMPLEXITIES)}")
 
     def wall_seconds(self) -> float:
@@ -206,7 +216,13 @@ def records(trials: Iterable[FrozenTrial]) -> list[TrialRecord]:
 def members(recs: Iterable[TrialRecord]) -> list[Member]:
     """The front candidates as the alias rules see them (MACs: executed, see ``complexity``)."""
     return [
-        Member(r.number, float(r.val_acc), int(r.params or 0), r.complexity("macs"))
+        Member(
+            r.number,
+            float(r.val_acc),
+            int(r.params or 0),
+            r.complexity("macs"),
+            r.complexity("latency"),
+        )
         for r in recs
         if r.candidate
     ]

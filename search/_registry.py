@@ -1,9 +1,13 @@
 """The Pareto front as the study's result: held-out evaluation, the MLflow model registry, pulling.
 
-A trial's MLflow run holds its trained network under ``model/`` (spec.json, model.safetensors,
-metadata.json with the weights' sha256). Registering points a model version at that folder, so no
-retraining is needed; pulling downloads it, checks the sha256 and rebuilds the network from the
-spec, so no step on the way unpickles anything.
+A trained trial's MLflow run holds its network twice: under the run's ``model/`` (spec.json,
+model.safetensors, metadata.json, manifest.json) and as the run's MLflow Model, a LoggedModel whose
+``artifacts/model`` holds the same four files next to the MLmodel of its pickle-free pyfunc.
+Registering makes that LoggedModel a model version (so ``mlflow.pyfunc.load_model("models:/...")``
+and ``mlflow models serve`` work) and records the manifest, the sha256 of every file, as a version
+tag. Pulling downloads the files, checks each against the tag before anything is written, and
+rebuilds the network from the spec, so no step on the way unpickles anything. No retraining is
+needed at any point.
 """
 
 from __future__ import annotations
@@ -17,30 +21,41 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from cnnas.models import (
+    MANIFEST_FILE,
     META_FILE,
+    MODEL_FILES,
     SPEC_FILE,
     WEIGHTS_FILE,
     ModelFileError,
+    check_manifest,
     load_model,
+    read_manifest,
     read_metadata,
     sha256_file,
+    write_manifest,
 )
-from cnnas.objectives import evaluate
+from cnnas.objectives import Predictor
 
 from ._aliases import ChampionRule, assign_aliases
+from ._final import final_runs
+from ._mlflow_model import MODEL_ARTIFACT_DIR, log_logged_model, quiet_artifacts
 from ._records import TrialRecord, members
 from ._records import front as study_front
 from ._study import StudyRun
 from .errors import RegistryError
 
 __all__ = [
+    "MANIFEST_TAG",
     "MODEL_ARTIFACT",
+    "MODEL_ID_TAG",
     "load",
+    "load_predictor",
     "parse_model_ref",
     "pull",
     "register_front",
@@ -50,6 +65,10 @@ __all__ = [
 
 MODEL_ARTIFACT = "model"
 TEST_ACC_ATTR = "test_accuracy"  # study user attr: {trial number: test accuracy}
+# Version tags: the sha256 of every model file recorded at registration (JSON), and the
+# LoggedModel the version is (the SQL registry stores no model id of its own).
+MANIFEST_TAG = "cnnas.manifest"
+MODEL_ID_TAG = "cnnas.model_id"
 
 
 def registered_model_name(template: str, study: str) -> str:
@@ -61,8 +80,10 @@ def registered_model_name(template: str, study: str) -> str:
 
 
 def download_model(client: MlflowClient, run_id: str, dst: Path) -> Path:
+    """The run's ``model/`` folder, downloaded under ``dst``."""
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(client.download_artifacts(run_id, MODEL_ARTIFACT, str(dst)))
+    with quiet_artifacts():
+        return Path(client.download_artifacts(run_id, MODEL_ARTIFACT, str(dst)))
 
 
 def test_accuracy(run: StudyRun, trial: TrialRecord) -> float:
@@ -75,10 +96,14 @@ def test_accuracy(run: StudyRun, trial: TrialRecord) -> float:
     if str(trial.number) in recorded:
         return float(recorded[str(trial.number)])
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_model(download_model(run.tracker.client, trial.run_id, Path(tmp)))
-    data = run.data
-    loss, acc = evaluate(model, data.test_x, data.test_y, data.mean, data.std)
-    run.tracker.log_metrics(trial.run_id, {"test_acc": acc, "test_loss": loss})
+        predictor = Predictor.from_dir(download_model(run.tracker.client, trial.run_id, Path(tmp)))
+    loss, acc = predictor.evaluate(run.data.test_x, run.data.test_y)
+    # Also the trial's MLflow Model's metrics, so the logged models can be compared by them.
+    run.tracker.log_metrics(
+        trial.run_id,
+        {"test_acc": acc, "test_loss": loss},
+        model_id=run.tracker.model_id(trial.run_id),
+    )
     # Re-read before writing: another worker may have recorded other trials meanwhile.
     recorded = dict(run.study.user_attrs.get(TEST_ACC_ATTR, {}))
     recorded[str(trial.number)] = acc
@@ -113,8 +138,11 @@ def _refit(run: StudyRun, trial: TrialRecord, epochs: int) -> tuple[str, dict[st
     )
     run.tracker.end_fit(run_id, result)
     meta = run.tracker.log_model(run_id, result.model, run.model_extra(trial.number, epochs))
-    loss, acc = evaluate(result.model, data.test_x, data.test_y, data.mean, data.std)
-    run.tracker.log_metrics(run_id, {"test_acc": acc, "test_loss": loss})
+    predictor = Predictor(result.model, data.mean, data.std, data.classes)
+    loss, acc = predictor.evaluate(data.test_x, data.test_y)
+    run.tracker.log_metrics(
+        run_id, {"test_acc": acc, "test_loss": loss}, model_id=meta.get("model_id")
+    )
     meta["test_acc"] = acc
     return run_id, meta
 
@@ -128,6 +156,70 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
 
 def _versions(client: MlflowClient, name: str) -> list:
     return list(client.search_model_versions(f"name = '{name}'"))
+
+
+def _logged_model(run: StudyRun, run_id: str) -> Any:
+    """The MLflow Model a run logged; for a run from before cnnas logged one (its network only
+    under ``model/``), one is logged now from those files."""
+    tracker = run.tracker
+    model_id = tracker.model_id(run_id)
+    if model_id is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = download_model(tracker.client, run_id, Path(tmp))
+            if not (folder / MANIFEST_FILE).exists():
+                _add_manifest(folder, run_id)
+            name = tracker.client.get_run(run_id).info.run_name or f"run-{run_id}"
+            model_id = log_logged_model(
+                tracker.client, tracker.experiment_id, run_id, folder, name=name
+            )
+    return tracker.client.get_logged_model(model_id)
+
+
+def _add_manifest(folder: Path, run_id: str) -> None:
+    """A network saved before manifests recorded only its weights' sha256 (in metadata.json):
+    that is checked, then the folder gets its manifest."""
+    recorded = read_metadata(folder).get("sha256")
+    actual = sha256_file(folder / WEIGHTS_FILE)
+    if recorded != actual:
+        raise ModelFileError(
+            f"run {run_id}: {MODEL_ARTIFACT}/{WEIGHTS_FILE} has sha256 {actual}, its "
+            f"{META_FILE} records {recorded!r}; refusing to register it"
+        )
+    write_manifest(folder)
+
+
+def _create_version(run: StudyRun, name: str, run_id: str, tags: dict[str, str]) -> Any:
+    """Registers the run's MLflow Model as a version of ``name``, with the manifest of its files
+    (checked first: a model whose files disagree with their manifest is never registered)."""
+    client = run.tracker.client
+    model = _logged_model(run, run_id)
+    with tempfile.TemporaryDirectory() as tmp, quiet_artifacts():
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model.artifact_location}/{MODEL_ARTIFACT_DIR}",
+                dst_path=tmp,
+                tracking_uri=client.tracking_uri,
+            )
+        )
+        load_model(local)  # the manifest, metadata and spec hash all agree
+        manifest = read_manifest(local)
+    tags = {
+        **tags,
+        "cnnas.sha256": manifest[WEIGHTS_FILE],
+        MANIFEST_TAG: json.dumps(manifest, sort_keys=True),
+        MODEL_ID_TAG: model.model_id,
+    }
+    # The LoggedModel's own folder: a models:/m-... source would be resolved by MLflow through
+    # the process-wide tracking URI, not this client's.
+    version = client.create_model_version(
+        name, model.artifact_location, run_id=run_id, tags=tags, model_id=model.model_id
+    )
+    # The MLflow UI links a logged model to its registered versions through this tag (the one
+    # mlflow.register_model writes).
+    linked = json.loads(model.tags.get("mlflow.modelVersions", "[]"))
+    linked.append({"name": name, "version": str(version.version)})
+    client.set_logged_model_tags(model.model_id, {"mlflow.modelVersions": json.dumps(linked)})
+    return version
 
 
 def register_front(
@@ -146,18 +238,27 @@ def register_front(
     name = registered_model_name(run.mlflow_cfg.registered_model, run.cfg.study.name)
     _ensure_registered_model(client, name)
     front = study_front(run.records(), complexity)
+    # After a final phase the registered versions are its fully trained networks (the members
+    # it trained); their search-fidelity runs stay with the trials.
+    finals = final_runs(run.study)
+    kind = "final" if finals else ("1" if refit_epochs else "0")
+    registered = [t for t in front if t.number in finals] if finals else front
     existing = {
         (v.tags.get("cnnas.study"), v.tags.get("cnnas.trial"), v.tags.get("cnnas.refit", "0")): v
         for v in _versions(client, name)
     }
     versions: dict[int, Any] = {}
     test_accs: dict[int, float] = {}
-    for trial in front:
-        key = (run.cfg.study.name, str(trial.number), "1" if refit_epochs else "0")
+    for trial in registered:
+        key = (run.cfg.study.name, str(trial.number), kind)
         version = existing.get(key)
         if version is None:
             source_run = trial.run_id
-            if refit_epochs:
+            if finals:
+                source_run, acc = finals[trial.number].run_id, finals[trial.number].test_acc
+                with tempfile.TemporaryDirectory() as tmp:
+                    meta = read_metadata(download_model(client, source_run, Path(tmp)))
+            elif refit_epochs:
                 source_run, meta = _refit(run, trial, refit_epochs)
                 acc = float(meta["test_acc"])
             else:
@@ -167,7 +268,7 @@ def register_front(
             tags = {
                 "cnnas.study": run.cfg.study.name,
                 "cnnas.trial": str(trial.number),
-                "cnnas.refit": "1" if refit_epochs else "0",
+                "cnnas.refit": kind,
                 "cnnas.spec_hash": trial.spec_hash,
                 "cnnas.sha256": meta["sha256"],
                 "val_acc": f"{trial.val_acc:.6f}",
@@ -176,14 +277,22 @@ def register_front(
                 "macs": str(trial.macs),
                 "ratio": f"{trial.ratio:.6e}",
             }
-            if refit_epochs:
+            if refit_epochs and not finals:
                 tags["refit_epochs"] = str(refit_epochs)
-            source = f"{client.get_run(source_run).info.artifact_uri}/{MODEL_ARTIFACT}"
-            version = client.create_model_version(name, source, run_id=source_run, tags=tags)
+            if finals:
+                tags["final_epochs"] = str(finals[trial.number].epochs)
+                tags["trained_on"] = finals[trial.number].data
+            version = _create_version(run, name, source_run, tags)
         versions[trial.number] = version
         test_accs[trial.number] = float(version.tags.get("test_acc", "nan"))
 
-    aliases = assign_aliases(members(front), rule, complexity)
+    # Aliases are chosen on the search's validation scores over the whole front, never on test
+    # accuracy; an alias whose member has no version here (final.members: champion) is left out.
+    aliases = {
+        a: m
+        for a, m in assign_aliases(members(front), rule, complexity).items()
+        if m.trial in versions
+    }
     for alias, member in aliases.items():
         client.set_registered_model_alias(name, alias, versions[member.trial].version)
     # An alias the rules no longer give (a champion limit nobody meets) must not linger.
@@ -233,11 +342,67 @@ def _resolve(client: MlflowClient, ref: str) -> Any:
         ) from None
 
 
-def pull(client: MlflowClient, ref: str, out: str | os.PathLike) -> dict[str, Any]:
-    """Downloads a registered version into ``out``: spec.json, weights, metadata.json.
+def _download_version(client: MlflowClient, version: Any, dst: Path) -> Path:
+    """The version's model files: its LoggedModel's ``artifacts/model``, or, for a version
+    registered before cnnas logged MLflow Models, the run's ``model/`` folder it points at."""
+    uri = (
+        f"{version.source}/{MODEL_ARTIFACT_DIR}"
+        if version.tags.get(MODEL_ID_TAG)
+        else version.source
+    )
+    try:
+        with quiet_artifacts():
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri
+                )
+            )
+    except (MlflowException, OSError) as e:
+        raise RegistryError(
+            f"{version.name} version {version.version}: its files cannot be downloaded "
+            f"from {uri} ({str(e).splitlines()[0]})"
+        ) from None
 
-    The weights' sha256 is checked against the one recorded at registration before anything is
-    written to ``out``; a mismatch leaves ``out`` untouched.
+
+def _check_version_files(version: Any, local: Path) -> None:
+    """Every downloaded file against the manifest the registry recorded at registration."""
+    label = f"{version.name} version {version.version}"
+    recorded = version.tags.get(MANIFEST_TAG)
+    if not recorded:
+        raise RegistryError(
+            f"{label}: the registry records no manifest of its files (tag {MANIFEST_TAG}; "
+            "versions registered before cnnas 0.3 have none), so they cannot be checked; "
+            "refusing to pull it (--no-verify pulls it unchecked)"
+        )
+    try:
+        expected = json.loads(recorded)
+    except json.JSONDecodeError:
+        expected = None
+    if not isinstance(expected, dict) or not set(MODEL_FILES) <= set(expected):
+        raise RegistryError(
+            f"{label}: its {MANIFEST_TAG} tag is not a manifest of {list(MODEL_FILES)} "
+            f"({recorded[:80]!r}); refusing to pull it (--no-verify pulls it unchecked)"
+        )
+    check_manifest(
+        local,
+        expected,
+        recorded_in=f"the registry's tag {MANIFEST_TAG}",
+        refusing="refusing to write it",
+        shown_as=label,
+    )
+
+
+def pull(
+    client: MlflowClient, ref: str, out: str | os.PathLike, *, verify: bool = True
+) -> dict[str, Any]:
+    """Downloads a registered version into ``out``: spec.json, model.safetensors, metadata.json
+    (with where the model came from) and manifest.json.
+
+    Every file is checked against the sha256 the registry recorded at registration before
+    anything is written to ``out``: a version without that record, or any file that differs
+    from it, is refused (ModelFileError, RegistryError) and leaves ``out`` untouched.
+    ``verify=False`` (``--no-verify``) skips the checks; the folder it writes then has no
+    manifest, so loading it needs ``verify=False`` too.
     """
     version = _resolve(client, ref)
     out = Path(out)
@@ -245,22 +410,9 @@ def pull(client: MlflowClient, ref: str, out: str | os.PathLike) -> dict[str, An
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".cnnas-pull-", dir=out.parent))
     try:
-        try:
-            # Versions point at their run's model/ folder, so the run's artifact repository
-            # (local files or a tracking server's proxy) serves them.
-            local = download_model(client, version.run_id, staging / "download")
-        except (MlflowException, OSError) as e:
-            raise RegistryError(
-                f"{version.name} version {version.version}: its files cannot be downloaded "
-                f"from run {version.run_id} ({str(e).splitlines()[0]})"
-            ) from None
-        expected = version.tags.get("cnnas.sha256")
-        actual = sha256_file(local / WEIGHTS_FILE)
-        if expected and actual != expected:
-            raise ModelFileError(
-                f"{version.name} version {version.version}: downloaded weights have sha256 "
-                f"{actual}, the registry recorded {expected}; refusing to write them"
-            )
+        local = _download_version(client, version, staging / "download")
+        if verify:
+            _check_version_files(version, local)
         meta = read_metadata(local)
         meta.update(
             {
@@ -270,15 +422,23 @@ def pull(client: MlflowClient, ref: str, out: str | os.PathLike) -> dict[str, An
                 "source_run": version.run_id,
                 "source": version.source,
                 "metrics": {k: v for k, v in version.tags.items() if not k.startswith("cnnas.")},
-                "sha256": actual,
+                "verified": verify,
             }
         )
+        if version.tags.get(MODEL_ID_TAG):
+            meta["model_id"] = version.tags[MODEL_ID_TAG]
         final = staging / "final"
         final.mkdir()
         for f in (SPEC_FILE, WEIGHTS_FILE):
             shutil.copy2(local / f, final / f)
-        (final / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        load_model(final)  # the pulled folder must load before it replaces anything
+        (final / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if verify:
+            # The metadata now says where the model came from: the folder's own manifest
+            # records the files as pulled, after they were checked against the registry's.
+            write_manifest(final)
+        load_model(final, verify=verify)  # the pulled folder must load before it replaces anything
+        # What was written, whatever metadata.json recorded (they agree unless --no-verify).
+        meta["sha256"] = sha256_file(final / WEIGHTS_FILE)
         if out.exists():  # an earlier pull (checked above): swap it out, then delete it
             old = staging / "old"
             os.replace(out, old)
@@ -288,7 +448,7 @@ def pull(client: MlflowClient, ref: str, out: str | os.PathLike) -> dict[str, An
         shutil.rmtree(staging, ignore_errors=True)
 
 
-PULLED_FILES = {SPEC_FILE, WEIGHTS_FILE, META_FILE}
+PULLED_FILES = {SPEC_FILE, WEIGHTS_FILE, META_FILE, MANIFEST_FILE}
 
 
 def _check_replaceable(out: Path) -> None:
@@ -315,16 +475,28 @@ def _quiet_metadata(directory: Path) -> dict:
         return {}
 
 
-def load(ref: str | os.PathLike, *, tracking_uri: str | None = None) -> torch.nn.Module:
+def load(
+    ref: str | os.PathLike, *, tracking_uri: str | None = None, verify: bool = True
+) -> torch.nn.Module:
     """A network in eval mode from a pulled folder or a registry reference (``models:/N@alias``).
 
-    Never unpickles: the network is rebuilt from its spec and the safetensors weights are checked
-    against their recorded sha256 first.
+    Never unpickles: the network is rebuilt from its spec, and every file is checked against its
+    recorded sha256 first (``verify=False`` skips that). The network takes normalised input; for
+    one that takes images, use :func:`load_predictor`.
     """
+    return load_predictor(ref, tracking_uri=tracking_uri, verify=verify).model
+
+
+def load_predictor(
+    ref: str | os.PathLike, *, tracking_uri: str | None = None, verify: bool = True
+) -> Predictor:
+    """A :class:`cnnas.objectives.Predictor` (images in, probabilities and labels out) from a
+    pulled folder or a registry reference, checked as :func:`load` checks it. Without
+    ``tracking_uri``, MLflow's own (``$MLFLOW_TRACKING_URI``)."""
     path = Path(ref)
     if path.is_dir():
-        return load_model(path)
+        return Predictor.from_dir(path, verify=verify)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        pull(client, str(ref), Path(tmp) / "model")
-        return load_model(Path(tmp) / "model")
+        pull(client, str(ref), Path(tmp) / "model", verify=verify)
+        return Predictor.from_dir(Path(tmp) / "model", verify=verify)

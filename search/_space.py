@@ -3,15 +3,16 @@
 The space adapts to the dataset: downsampling is offered only while the feature map is at least
 ``MIN_POOL_SIZE`` pixels on its short side (seed 002: 28x28 allows about three conv-pool pairs,
 64x64 four or five), so no sampled architecture collapses. A parameter is sampled only when it is
-active (no factorisation for 3x3 kernels, no head options without multi-scale aggregation, no
-growth rule for one block, no exit threshold without adaptive depth), and a dimension with a
-single allowed value is fixed rather than sampled, so the sampler never models a parameter that
-cannot matter.
+active (no factorisation for 3x3 kernels or inverted blocks, no expansion ratio for other block
+types, no head options without multi-scale aggregation, no growth rule for one block, no exit
+threshold without adaptive depth), and a dimension with a single allowed value is fixed rather
+than sampled, so the sampler never models a parameter that cannot matter.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -23,6 +24,7 @@ from ._config import FloatDim, FloatRange, IntDim, IntRange, SpaceConfig
 __all__ = [
     "DROPOUT_STEP",
     "MIN_POOL_SIZE",
+    "SE_STEP",
     "THRESHOLD_STEP",
     "max_pools",
     "suggest_augment",
@@ -36,6 +38,12 @@ DROPOUT_STEP = 0.05
 # Exit thresholds matter near 1 (0.95 and 0.99 stop very different numbers of images), so their
 # grid is finer than dropout's.
 THRESHOLD_STEP = 0.01
+# A range of SE ratios is sampled on a grid of 1/16: SE-ResNet's 1/16 and MobileNetV3's 1/4 lie on
+# it, and nearby ratios give the same hidden width on the small layers searched here.
+SE_STEP = 0.0625
+# The expansion ratio of a block that is not inverted: the spec's default (inactive there, so it
+# never changes a spec's identity).
+_SPEC_EXPANSION: int = ConvBlock.expansion
 
 
 def max_pools(height: int, width: int) -> int:
@@ -69,6 +77,81 @@ def _float(trial: optuna.Trial, name: str, dim: FloatDim, step: float = DROPOUT_
     return round(trial.suggest_float(name, lo, hi, step=step), 4)
 
 
+@dataclass(frozen=True)
+class _Conv:
+    """What every block of a sampled network shares."""
+
+    block_type: str
+    kernel: int
+    factorize: bool
+    expansion: int
+    convs: int
+    batch_norm: bool
+    se_ratio: float
+    dropout: float
+
+
+def _suggest_conv(trial: optuna.Trial, space: SpaceConfig) -> _Conv:
+    block_type = _cat(trial, "block_type", space.block_types)
+    kernel = _cat(trial, "kernel", space.kernels)
+    factorize = False
+    if kernel > 3 and block_type != "inverted":  # an inverted block never factorises
+        factorize = _cat(trial, "factorize", space.factorize)
+    expansion = _SPEC_EXPANSION
+    if block_type == "inverted":
+        expansion = _int(trial, "expansion", space.expansions)
+    return _Conv(
+        block_type=block_type,
+        kernel=kernel,
+        factorize=factorize,
+        expansion=expansion,
+        convs=_int(trial, "convs", space.convs),
+        batch_norm=_cat(trial, "batch_norm", space.batch_norm),
+        se_ratio=_float(trial, "se_ratio", space.se_ratio, SE_STEP),
+        dropout=_float(trial, "block_dropout", space.block_dropout),
+    )
+
+
+def _suggest_blocks(
+    trial: optuna.Trial, space: SpaceConfig, size: int, n_blocks: int, adaptive: bool
+) -> list[ConvBlock]:
+    """The conv blocks; downsampling is offered while the map's short side ``size`` allows."""
+    base = _cat(trial, "base_filters", space.base_filters)
+    growth = "constant"
+    if n_blocks > 1 and not adaptive:
+        growth = _cat(trial, "growth", space.growth)
+    conv = _suggest_conv(trial, space)
+    network_pool = None
+    if space.pool_scope == "network" and size >= MIN_POOL_SIZE:
+        network_pool = _cat(trial, "pool", space.pools)
+    blocks = []
+    for i in range(n_blocks):
+        filters = base if growth == "constant" else base * 2**i
+        pool = "none"
+        if size >= MIN_POOL_SIZE and not (adaptive and i > 0):
+            pool = network_pool if network_pool else _cat(trial, f"pool_{i}", space.pools)
+        # 'stride': the block's first conv halves the map, rounding up as a strided conv does.
+        pool, stride = ("none", 2) if pool == "stride" else (pool, 1)
+        if pool != "none" or stride > 1:
+            size = size // 2 if pool in ("max", "avg") else (size + 1) // 2
+        blocks.append(
+            ConvBlock(
+                filters=min(filters, space.max_filters),
+                kernel=conv.kernel,
+                convs=conv.convs,
+                factorize=conv.factorize,
+                batch_norm=conv.batch_norm,
+                pool=pool,
+                dropout=conv.dropout,
+                block_type=conv.block_type,
+                expansion=conv.expansion,
+                se_ratio=conv.se_ratio,
+                stride=stride,
+            )
+        )
+    return blocks
+
+
 def suggest_spec(
     trial: optuna.Trial,
     space: SpaceConfig,
@@ -81,39 +164,7 @@ def suggest_spec(
     # Adaptive depth needs a block to skip; its stages after the first keep the first's shape, so
     # it fixes growth, downsampling after block 0, the aggregation and the heads.
     adaptive = bool(_cat(trial, "adaptive_depth", space.adaptive_depth)) if n_blocks > 1 else False
-    base = _cat(trial, "base_filters", space.base_filters)
-    growth = "constant"
-    if n_blocks > 1 and not adaptive:
-        growth = _cat(trial, "growth", space.growth)
-    kernel = _cat(trial, "kernel", space.kernels)
-    factorize = _cat(trial, "factorize", space.factorize) if kernel > 3 else False
-    convs = _int(trial, "convs", space.convs)
-    batch_norm = _cat(trial, "batch_norm", space.batch_norm)
-    block_dropout = _float(trial, "block_dropout", space.block_dropout)
-
-    size = min(height, width)
-    network_pool = None
-    if space.pool_scope == "network" and size >= MIN_POOL_SIZE:
-        network_pool = _cat(trial, "pool", space.pools)
-    blocks = []
-    for i in range(n_blocks):
-        filters = base if growth == "constant" else base * 2**i
-        pool = "none"
-        if size >= MIN_POOL_SIZE and not (adaptive and i > 0):
-            pool = network_pool if network_pool else _cat(trial, f"pool_{i}", space.pools)
-        if pool != "none":
-            size = size // 2 if pool != "conv" else (size + 1) // 2
-        blocks.append(
-            ConvBlock(
-                filters=min(filters, space.max_filters),
-                kernel=kernel,
-                convs=convs,
-                factorize=factorize,
-                batch_norm=batch_norm,
-                pool=pool,
-                dropout=block_dropout,
-            )
-        )
+    blocks = _suggest_blocks(trial, space, min(height, width), n_blocks, adaptive)
 
     aggregation = "gap" if adaptive else _cat(trial, "aggregation", space.aggregations)
     heads, predict, aux_weight = "single", "main", 1.0

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from cnnas.models import ArchSpec, ConvBlock, DenseLayer
-from cnnas.objectives import ImageData, TrainConfig, confusion_matrix, logits_in_batches
+from cnnas.objectives import ImageData, Predictor, TrainConfig
 
 from .._space import max_pools
 from ._common import (
@@ -320,8 +320,7 @@ def plot_misclassified(
     """A gallery of the first ``count`` misclassified test images: true -> predicted."""
     x, y = scored_test_set(data, limit)
     c = x.shape[1]
-    batches = logits_in_batches(model, x, y, data.mean, data.std)
-    pred = torch.cat([logits.argmax(1).cpu() for logits, _ in batches])
+    pred = Predictor(model, data.mean, data.std, data.classes).predict(x).indices
     wrong = (pred != y).nonzero().flatten()[:count]
     cols = 8
     rows = max(1, math.ceil(len(wrong) / cols))
@@ -519,7 +518,7 @@ def _inspect_best(
     model = best.result.model
     assert model is not None
     tx, ty = scored_test_set(data, limit)
-    acc, matrix = confusion_matrix(model, tx, ty, data.mean, data.std, data.num_classes)
+    acc, matrix = Predictor(model, data.mean, data.std).confusion_matrix(tx, ty)
     plot_confusion(
         matrix, data.classes, out_dir / "confusion_matrix.png", f"{best.name}: test acc {acc:.4f}"
     )

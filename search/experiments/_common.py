@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 
 from cnnas.models import ArchSpec, count_macs, count_params
-from cnnas.objectives import ImageData, TrainConfig, TrialResult, evaluate, fit
+from cnnas.objectives import ImageData, Predictor, TrainConfig, TrialResult, fit
 
 from .._config import MlflowConfig, load_mlflow_config
 from .._tracking import Tracker
@@ -91,7 +91,7 @@ class EpochRecorder(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = pl_module.net
         was_training = net.training
-        loss, acc = evaluate(net, self.x, self.y, self.mean, self.std)
+        loss, acc = Predictor(net, self.mean, self.std).evaluate(self.x, self.y)
         net.train(was_training)
         self.loss.append(loss)
         self.acc.append(acc)

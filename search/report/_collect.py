@@ -19,10 +19,11 @@ import torch
 from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
-from cnnas.models import ModelFileError, load_model
-from cnnas.objectives import confusion_matrix
+from cnnas.models import ModelFileError
+from cnnas.objectives import Predictor
 
 from .._aliases import Member, assign_aliases
+from .._final import FinalRun, final_runs, kendall_tau
 from .._records import COUNTED_STATES, TrialRecord, front, members, state_counts
 from .._registry import MODEL_ARTIFACT, download_model, registered_model_name, test_accuracy
 from .._study import StudyRun
@@ -68,6 +69,12 @@ class Findings:
     importances: dict[str, dict[str, float]]
     curves: dict[int, dict[str, list[float]]]  # front member -> val_acc, train_loss, val_loss
     facts: list[tuple[str, str]]
+    # The final phase's networks by trial, and Kendall's tau of their search and final scores.
+    finals: dict[int, FinalRun] = field(default_factory=dict)
+    rank_agreement: float | None = None
+    # False under --no-test: no figure measured on the test split is shown, the final phase's
+    # test accuracies included.
+    with_test: bool = True
     # Section id -> why it has no plot (too few trials, no test evaluation, ...).
     missing: dict[str, str] = field(default_factory=dict)
 
@@ -232,9 +239,8 @@ def _curves(run: StudyRun, r: TrialRecord) -> dict[str, list[float]]:
 
 def _confusion(run: StudyRun, champ: Champion) -> tuple[float, torch.Tensor]:
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_model(download_model(run.tracker.client, champ.run_id, Path(tmp)))
-    data = run.data
-    return confusion_matrix(model, data.test_x, data.test_y, data.mean, data.std, data.num_classes)
+        predictor = Predictor.from_dir(download_model(run.tracker.client, champ.run_id, Path(tmp)))
+    return predictor.confusion_matrix(run.data.test_x, run.data.test_y)
 
 
 def _facts(run: StudyRun, complexity: str, champ: Champion | None) -> list[tuple[str, str]]:
@@ -309,6 +315,19 @@ def collect(run: StudyRun, complexity: str, *, test: bool = True) -> Findings:
         missing["curves"] = "the front is empty"
     champ = _champion(run, recs, aliases)
     champ_acc, matrix = _champion_matrix(run, champ, test, missing)
+    finals = final_runs(run.study)
+    tau = kendall_tau([(f.search_val_acc, f.test_acc) for f in finals.values()]) if test else None
+    facts = _facts(run, complexity, champ)
+    if finals:
+        epochs = sorted({f.epochs for f in finals.values()})
+        facts.append(
+            (
+                "final training",
+                f"{len(finals)} network(s) trained again on {next(iter(finals.values())).data} "
+                f"for {'/'.join(map(str, epochs))} epoch(s); the registered versions are these"
+                + (f"; rank agreement with the search, Kendall's tau {tau:+.2f}" if tau else ""),
+            )
+        )
     return Findings(
         study=run.study,
         name=run.cfg.study.name,
@@ -326,6 +345,9 @@ def collect(run: StudyRun, complexity: str, *, test: bool = True) -> Findings:
         test_images=len(run.data.test_y),
         importances=found,
         curves={r.number: _curves(run, r) for r in top},
-        facts=_facts(run, complexity, champ),
+        facts=facts,
+        finals=finals,
+        rank_agreement=tau,
+        with_test=test,
         missing=missing,
     )

@@ -20,7 +20,7 @@ import optuna
 import plotly.graph_objects as go
 import torch
 
-from .._format import human
+from .._format import size
 from .._records import TrialRecord
 
 __all__ = [
@@ -47,7 +47,9 @@ def _label(r: TrialRecord) -> str:
 
 
 def axis_label(complexity: str) -> str:
-    return "parameters" if complexity == "params" else "MACs per image"
+    return {"params": "parameters", "macs": "MACs per image"}.get(
+        complexity, "latency (ms per image)"
+    )
 
 
 def pareto_plot(
@@ -170,7 +172,7 @@ def curves_plot(
     for i, r in enumerate(front):
         c = curves.get(r.number, {})
         color = cmap(i / max(len(front) - 1, 1))
-        label = f"trial {r.number} ({human(r.complexity(complexity))})"
+        label = f"trial {r.number} ({size(r.complexity(complexity), complexity)})"
         for ax, key, style, suffix in (
             (acc_ax, "val_acc", "-o", ""),
             (loss_ax, "train_loss", "-", " train"),

@@ -53,7 +53,7 @@ def _draw(f: Findings, out: Path) -> tuple[dict[str, Path], Path | None, dict[st
     """The plots that the findings allow, and the sentence under each."""
     images: dict[str, Path] = {}
     notes: dict[str, str] = {}
-    label = "parameters" if f.complexity == "params" else "MACs"
+    label = {"params": "parameters", "macs": "MACs"}.get(f.complexity, "latency")
     interactive = None
     if f.trained:
         images["pareto"], interactive = pareto_plot(
@@ -124,8 +124,10 @@ def _title(f: Findings) -> str:
 
 
 def _front_rows(f: Findings) -> tuple[list[str], list[list[str]]]:
-    tested = bool(f.tests)
-    head = ["trial", "val_acc", *(["test_acc"] if tested else []), "train_acc", "params", "MACs"]
+    tested, final = bool(f.tests), bool(f.finals)
+    head = ["trial", "val_acc", *(["test_acc"] if tested else [])]
+    final_head = ["final test_acc", "final epochs"] if f.with_test else ["final epochs"]
+    head += [*(final_head if final else []), "train_acc", "params", "MACs"]
     head += ["ratio", "secs", "aliases", "architecture"]
     rows = []
     for r in f.front:
@@ -135,6 +137,7 @@ def _front_rows(f: Findings) -> tuple[list[str], list[list[str]]]:
                 str(r.number),
                 num(r.val_acc, ".4f"),
                 *([num(f.tests.get(r.number), ".4f")] if tested else []),
+                *(_final_cells(f, r.number) if final else []),
                 num(r.train_acc, ".4f"),
                 human(r.params or 0),
                 human(r.macs or 0),
@@ -145,6 +148,12 @@ def _front_rows(f: Findings) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return head, rows
+
+
+def _final_cells(f: Findings, number: int) -> list[str]:
+    done = f.finals.get(number)
+    cells = [num(done.test_acc, ".4f"), str(done.epochs)] if done else ["–", "–"]
+    return cells if f.with_test else cells[1:]
 
 
 def _count_rows(b: Budget) -> list[tuple[str, int]]:

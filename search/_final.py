@@ -1,0 +1,296 @@
+"""The final phase of a study: the networks it hands over, trained at full fidelity.
+
+A search scores many architectures cheaply (few epochs, often a data subset); what a user takes
+away must be trained properly. After the search, the members the registry's aliases point at
+(the champion first) are trained again from scratch on the whole training pool (train +
+validation, or train alone), for as many epochs as the rest of the study's budget allows, with
+the final recipe (the one-cycle schedule by default: it plans for the epochs it is given and
+needs no validation split to decide when to decay). Each is scored once on the held-out test
+split; those are the figures the registry and the report give. The search-fidelity scores stay
+on the trials, and the rank agreement between the two (Kendall's tau over the members) says how
+far the cheap scores could be trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from cnnas.objectives import ImageData, evaluate, load_dataset
+
+from ._aliases import assign_aliases
+from ._records import TrialRecord, front, members
+from ._study import StudyRun
+
+__all__ = [
+    "FINAL_ATTR",
+    "FinalPlan",
+    "FinalRun",
+    "final_members",
+    "final_runs",
+    "kendall_tau",
+    "plan_final",
+    "train_final",
+]
+
+# Study user attribute: {trial number: FinalRun as a dict}.
+FINAL_ATTR = "final_runs"
+# Seconds kept free after the final phase for registering the networks and writing the report
+# (measured on the CPU preset: about 10 s together), at most a tenth of a short budget.
+RESERVE_SECONDS = 15.0
+
+Line = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FinalRun:
+    """One network of the final phase."""
+
+    trial: int
+    run_id: str
+    test_acc: float
+    test_loss: float
+    epochs: int
+    seconds: float
+    # The trial's validation accuracy in the search (its cheap score), for the rank agreement.
+    search_val_acc: float
+    params: int
+    macs: int
+    data: str  # what it trained on: "train+val" or "train"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FinalPlan:
+    """Who is trained, for how many epochs, within which budget."""
+
+    members: tuple[TrialRecord, ...]
+    epochs: int
+    budget: float  # seconds
+    estimate: float  # seconds the plan should take
+    reason: str  # how the numbers were derived, in words
+
+
+def final_runs(study: Any) -> dict[int, FinalRun]:
+    """The final phase's networks recorded on the study, by trial number."""
+    return {int(k): FinalRun(**v) for k, v in study.user_attrs.get(FINAL_ATTR, {}).items()}
+
+
+def final_members(recs: Sequence[TrialRecord], run: StudyRun) -> list[TrialRecord]:
+    """The networks to hand over, the champion first: the alias members, the champion alone, or
+    the whole front (``final.members``)."""
+    cfg = run.cfg
+    top = front(recs, cfg.study.complexity)
+    if not top:
+        return []
+    if cfg.final.members == "front":
+        return list(top)
+    aliases = assign_aliases(members(top), cfg.registry.rule(), cfg.study.complexity)
+    order = ["champion", "most-accurate", "knee", "smallest", "best-ratio"]
+    if cfg.final.members == "champion":
+        order = order[:1] if "champion" in aliases else ["most-accurate"]
+    by_number = {r.number: r for r in top}
+    chosen: list[TrialRecord] = []
+    for alias in order:
+        m = aliases.get(alias)
+        if m is not None and by_number[m.trial] not in chosen:
+            chosen.append(by_number[m.trial])
+    return chosen
+
+
+def _epoch_seconds(r: TrialRecord, scale: float) -> float:
+    """A member's seconds per epoch on the final data: its search epochs, scaled by data size."""
+    times = r.curves.get("epoch_seconds") or [max((r.seconds or 1.0) / max(r.epochs or 1, 1), 0.1)]
+    return max(sum(times) / len(times), 1e-3) * scale
+
+
+def plan_final(
+    run: StudyRun, recs: Sequence[TrialRecord], budget: float, final_images: int
+) -> FinalPlan | None:
+    """The plan that fits ``budget`` seconds, or None when not one epoch of the champion fits."""
+    chosen = final_members(recs, run)
+    if not chosen or budget <= 0:
+        return None
+    scale = final_images / max(len(run.data.train_y), 1)
+    limit = run.cfg.final.max_epochs
+    while chosen:
+        per_epoch = sum(_epoch_seconds(r, scale) for r in chosen)
+        epochs = min(int(budget // per_epoch), limit)
+        if epochs >= 1:
+            reason = (
+                f"{len(chosen)} network(s) x {epochs} epoch(s) on {final_images:,} images: about "
+                f"{per_epoch:.1f} s an epoch for all of them (their search epochs x "
+                f"{scale:.2f} for the larger data), within {budget:.0f} s"
+            )
+            if epochs == limit:
+                reason += f" (final.max_epochs {limit})"
+            return FinalPlan(tuple(chosen), epochs, budget, per_epoch * epochs, reason)
+        chosen = chosen[:-1]  # the budget is short: fewer networks, the champion last to go
+    return None
+
+
+def final_data(run: StudyRun) -> ImageData:
+    """The whole training pool (no ``data.subset``), with validation merged into training when
+    ``final.data`` is ``train+val`` (its validation split then only draws the curves)."""
+    cfg = run.cfg
+    kwargs = {**cfg.data.load_kwargs(), "subset": None}
+    data = load_dataset(cfg.data.dataset, **kwargs, seed=cfg.study.seed)
+    if cfg.final.data == "train":
+        return data
+    return dataclasses.replace(
+        data,
+        train_x=torch.cat([data.train_x, data.val_x]),
+        train_y=torch.cat([data.train_y, data.val_y]),
+    )
+
+
+class _LiveEpochs(pl.Callback):
+    """Sends each finished epoch of a final training to its MLflow run and to the progress."""
+
+    def __init__(self, run: StudyRun, run_id: str, line: Line, label: str, epochs: int) -> None:
+        self.run, self.run_id, self.line, self.label, self.epochs = run, run_id, line, label, epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
+        values = {k: v[-1] for k, v in module.curves.items() if v}
+        epoch = len(module.curves["val_acc"]) - 1
+        self.run.tracker.log_epoch(self.run_id, epoch, values)
+        self.line(
+            f"        {self.label} epoch {epoch + 1:>3}/{self.epochs}  "
+            f"train_loss {values.get('train_loss', 0):.4f}  "
+            f"({values.get('epoch_seconds', 0):.1f}s)"
+        )
+
+
+def _train_one(
+    run: StudyRun, r: TrialRecord, data: ImageData, plan: FinalPlan, scale: float, line: Line
+) -> FinalRun:
+    cfg = run.cfg
+    train_cfg = cfg.train.to_train_config(cfg.study.seed, augment=r.augment)
+    share = _epoch_seconds(r, scale) * plan.epochs / max(plan.estimate, 1e-9)
+    train_cfg = dataclasses.replace(
+        train_cfg,
+        epochs=plan.epochs,
+        schedule=cfg.final.schedule,
+        # A safety net: a network slower than its search epochs suggested stops in time.
+        max_seconds=1.25 * share * plan.budget,
+    )
+    run_id = run.tracker.start_trial(
+        run.parent_run_id,
+        cfg.study.name,
+        r.number,
+        r.spec,
+        run_name=f"{cfg.study.name}-trial-{r.number}-final",
+        extra_tags={"cnnas.final_of": str(r.number), "cnnas.role": "final"},
+    )
+    live = _LiveEpochs(run, run_id, line, f"trial {r.number}", plan.epochs)
+    result = run.trainer(r.spec, data, train_cfg, seed=cfg.study.seed + r.number, callbacks=[live])
+    loss, acc = evaluate(result.model, data.test_x, data.test_y, data.mean, data.std)
+    extra = {
+        **run.model_extra(r.number),
+        "final_epochs": result.epochs,
+        "trained_on": cfg.final.data,
+    }
+    # model_extra's preprocessing is the search data's; the final data's statistics are the
+    # ones this network was trained with.
+    extra.update(mean=list(data.mean), std=list(data.std))
+    run.tracker.log_model(run_id, result.model, extra)
+    run.tracker.end_trial(
+        run_id,
+        "FINISHED",
+        metrics={
+            "test_acc": acc,
+            "test_loss": loss,
+            "params": float(result.params),
+            "macs": float(result.macs),
+            "seconds": result.seconds,
+            "epochs": float(result.epochs),
+        },
+    )
+    return FinalRun(
+        trial=r.number,
+        run_id=run_id,
+        test_acc=acc,
+        test_loss=loss,
+        epochs=result.epochs,
+        seconds=result.seconds,
+        search_val_acc=float(r.val_acc or 0.0),
+        params=int(result.params),
+        macs=int(result.macs),
+        data=cfg.final.data,
+    )
+
+
+def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalRun]:
+    """Trains the members that fit ``budget`` seconds and records them on the study."""
+    recs = run.records()
+    data = final_data(run)
+    plan = plan_final(run, recs, budget, len(data.train_y))
+    if plan is None:
+        line(f"final training: skipped, {budget:.0f} s cannot train one epoch of the champion")
+        return []
+    line(f"final training: {plan.reason}")
+    scale = len(data.train_y) / max(len(run.data.train_y), 1)
+    done = final_runs(run.study)
+    out = []
+    for r in plan.members:
+        line(f"  trial {r.number}: {r.spec.summary()}")
+        result = _train_one(run, r, data, plan, scale, line)
+        line(
+            f"  trial {r.number}: test accuracy {result.test_acc:.4f} after {result.epochs} "
+            f"epoch(s), {result.seconds:.0f} s (search: val_acc {result.search_val_acc:.4f})"
+        )
+        done[r.number] = result
+        out.append(result)
+        # Recorded after each network, so an interrupted phase keeps what it finished.
+        run.study.set_user_attr(FINAL_ATTR, {str(k): v.to_dict() for k, v in done.items()})
+    tau = kendall_tau([(f.search_val_acc, f.test_acc) for f in out])
+    if tau is not None:
+        line(f"rank agreement of search and final scores: Kendall's tau {tau:+.2f}")
+    return out
+
+
+def kendall_tau(pairs: Sequence[tuple[float, float]]) -> float | None:
+    """Kendall's tau-b of the pairs' two orders (None for fewer than 3 pairs): +1 when the
+    search ranked the networks as their final test accuracies do, -1 when exactly reversed."""
+    if len(pairs) < 3:
+        return None
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(len(pairs)):
+        for j in range(i + 1, len(pairs)):
+            da = pairs[i][0] - pairs[j][0]
+            db = pairs[i][1] - pairs[j][1]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denom = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return (concordant - discordant) / denom if denom else None
+
+
+def final_budget(run: StudyRun, started: float, search_seconds: float) -> float:
+    """Seconds left for the final phase: what remains of ``study.timeout`` (minus a reserve
+    for registering and reporting), or, without a timeout, ``final.share`` of the whole time
+    in the ratio the search took (share / (1 - share) x the search's seconds)."""
+    share = run.cfg.final.share
+    if share <= 0:
+        return 0.0
+    timeout = run.cfg.study.timeout
+    if timeout is not None:
+        reserve = min(RESERVE_SECONDS, 0.1 * timeout)
+        return max(timeout - (time.monotonic() - started) - reserve, 0.0)
+    return share / (1.0 - share) * search_seconds
