@@ -4,8 +4,11 @@ here, once), attaching to an existing study, tables, and JSON output."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +26,9 @@ __all__ = [
     "counts_json",
     "emit_json",
     "front_table",
+    "ignore_further_interrupts",
     "mlflow_ui_hint",
+    "out_folder",
     "state_line",
     "study_config",
     "trial_json",
@@ -162,3 +167,29 @@ def mlflow_ui_hint(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
     return f"mlflow ui --backend-store-uri {uri} --port 5000"
+
+
+def ignore_further_interrupts() -> None:
+    """After the first Ctrl-C has been handled (the study recorded it), a second one while the
+    command says so and exits must not end it with a traceback."""
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to hold back
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def out_folder(path: str | None, option: str = "--out") -> Path | None:
+    """``path`` as a folder a command may write its files into, checked before anything is
+    written: not a file, not inside a file, writable (it or the folder it would be made in).
+    ``.`` and an existing folder are fine: the command writes its own file names there."""
+    if path is None:
+        return None
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option}: {path!r} is a file, not a folder; name a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option}: {path!r} lies inside {str(existing)!r}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option}: {str(existing)!r} is not writable by this user")
+    return folder

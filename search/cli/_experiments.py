@@ -126,6 +126,12 @@ def _setup(
         batch_size=_setting(args, preset, "batch_size"),
         seed=args.seed,
         accelerator=args.accelerator,
+        # The papers' recipe (Adam with its defaults, the rate halved on a plateau), whatever
+        # the study's default: these commands rerun the papers' experiments.
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        schedule="plateau",
     )
     project = Path(args.project_dir)
     out_dir = Path(args.out) if args.out else project / "experiments" / name

@@ -1,15 +1,20 @@
-"""``cnnas pull``, ``evaluate``, ``predict`` and ``spec check``: using a model."""
+"""``cnnas pull``, ``evaluate``, ``predict``, ``export`` and ``spec check``: using a model.
+
+Every command that runs a network goes through :class:`cnnas.objectives.Predictor`, which reads
+the normalisation from the model's own files; none normalises by hand.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
-import torch
 from mlflow import MlflowClient
 
 from cnnas.models import ArchSpec, count_macs, count_params, infer_shapes, load_model, read_metadata
-from cnnas.objectives import confusion_matrix, load_dataset
+from cnnas.objectives import ImageData, Predictor, load_dataset, unfamiliar
 
 from .._config import StudyConfig
 from .._registry import pull
@@ -17,7 +22,14 @@ from .._tracking import tracking_uri
 from ..errors import UsageError
 from ._common import emit_json, study_config
 
-__all__ = ["cmd_evaluate", "cmd_predict", "cmd_pull", "cmd_spec_check", "confusion_table"]
+__all__ = [
+    "cmd_evaluate",
+    "cmd_export",
+    "cmd_predict",
+    "cmd_pull",
+    "cmd_spec_check",
+    "confusion_table",
+]
 
 
 def _tracking_client(args: argparse.Namespace) -> MlflowClient:
@@ -29,7 +41,7 @@ def _tracking_client(args: argparse.Namespace) -> MlflowClient:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    meta = pull(_tracking_client(args), args.ref, args.out)
+    meta = pull(_tracking_client(args), args.ref, args.out, verify=not args.no_verify)
     print(
         f"pulled {meta['registered_model']} version {meta['version']} "
         f"(study {meta.get('study')}, trial {meta.get('trial')}) into {args.out}"
@@ -37,15 +49,29 @@ def cmd_pull(args: argparse.Namespace) -> int:
     for k, v in sorted(meta.get("metrics", {}).items()):
         print(f"  {k:<9} {v}")
     print(f"  sha256    {meta['sha256']}")
+    if args.no_verify:
+        print("  not verified (--no-verify): no manifest written; load it with --no-verify")
     return 0
 
 
-def _pulled(directory: str) -> tuple[torch.nn.Module, dict]:
+def _check_folder(directory: str) -> None:
     if not Path(directory).is_dir():
         raise UsageError(
             f"{directory} is not a folder; pull a model first: cnnas pull NAME --out DIR"
         )
-    return load_model(directory), read_metadata(directory)
+
+
+def _predictor(args: argparse.Namespace, data: ImageData | None = None) -> Predictor:
+    """The pulled model of ``args.dir``, checked unless ``--no-verify``. A model whose metadata
+    lacks the normalisation (saved by hand or by an experiment) takes ``data``'s, when the
+    command has the dataset it was trained on."""
+    _check_folder(args.dir)
+    verify = not args.no_verify
+    meta = read_metadata(args.dir)
+    if data is not None and ("mean" not in meta or "std" not in meta):
+        model = load_model(args.dir, verify=verify)
+        return Predictor(model, data.mean, data.std, meta.get("classes") or data.classes)
+    return Predictor.from_dir(args.dir, verify=verify)
 
 
 def confusion_table(names: list[str], matrix: list[list[int]]) -> str:
@@ -60,7 +86,10 @@ def confusion_table(names: list[str], matrix: list[list[int]]) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    model, meta = _pulled(args.dir)
+    _check_folder(args.dir)
+    # The files are checked before the dataset is read: a tampered model fails fast.
+    load_model(args.dir, verify=not args.no_verify)
+    meta = read_metadata(args.dir)
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise UsageError("the model does not say which dataset it was trained on; pass --dataset")
@@ -71,15 +100,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.data_dir:
             kwargs["data_dir"] = args.data_dir
     data = load_dataset(dataset, **kwargs)
-    if data.input_shape != tuple(model.spec.input_shape):
+    predictor = _predictor(args, data)
+    if data.input_shape != predictor.input_shape:
         raise UsageError(
-            f"{dataset} images are {data.input_shape}, the model takes "
-            f"{tuple(model.spec.input_shape)}"
+            f"{dataset} images are {data.input_shape}, the model takes {predictor.input_shape}"
         )
-    mean, std = meta.get("mean", data.mean), meta.get("std", data.std)
     x, y = getattr(data, f"{args.split}_x"), getattr(data, f"{args.split}_y")
-    acc, matrix = confusion_matrix(model, x, y, mean, std, data.num_classes)
-    names = list(meta.get("classes") or data.classes)
+    acc, matrix = predictor.confusion_matrix(x, y)
+    names = list(predictor.classes)
     if args.json:
         emit_json(
             {
@@ -101,29 +129,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
-    model, meta = _pulled(args.dir)
-    c, h, w = model.spec.input_shape
-    names = meta.get("classes") or [str(i) for i in range(model.spec.num_classes)]
-    mean = torch.tensor(meta.get("mean", [0.0] * c)).view(1, c, 1, 1)
-    std = torch.tensor(meta.get("std", [255.0] * c)).view(1, c, 1, 1)
+    _check_folder(args.dir)
+    predictor = _predictor(args)
     images = []
     for path in args.images:
         try:
-            with Image.open(path) as img:
-                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-                array = torch.tensor(list(img.getdata()), dtype=torch.float32)
+            # An image beyond Pillow's pixel limit (a decompression bomb: a few KB of file that
+            # decodes to gigabytes) is refused at its header, before anything is decoded; Pillow
+            # only warns below twice the limit, so the warning is made an error too.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img.load()
+                    images.append(img.copy())
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise UsageError(
+                f"cannot read image {path}: too many pixels for an image to classify "
+                f"(Pillow's limit is {Image.MAX_IMAGE_PIXELS} pixels): {str(e)[:200]}"
+            ) from None
         except (OSError, UnidentifiedImageError) as e:
             raise UsageError(f"cannot read image {path}: {e}") from None
-        images.append(array.view(h, w, c).permute(2, 0, 1))
-    with torch.no_grad():
-        probs = (
-            model((torch.stack(images) - mean) / std).exp()
-            if model.spec.predict == "mean" and model.spec.heads == "multi"
-            else model((torch.stack(images) - mean) / std).softmax(1)
-        )
+    # Each image in the model's channels, resized to its input (bilinear, as Pillow does).
+    batch = predictor.images(images, resize=True)
+    result = predictor.predict(batch)
+    meta = read_metadata(args.dir)
+    names = predictor.classes
     rows = []
-    for path, p in zip(args.images, probs, strict=True):
-        k = int(p.argmax())
+    for i, (path, p, k) in enumerate(
+        zip(args.images, result.probabilities, result.indices, strict=True)
+    ):
+        k = int(k)
+        notes = unfamiliar(
+            batch[i].cpu(),
+            meta.get("input_stats"),
+            original_size=(images[i].size[1], images[i].size[0]),
+            original_mode=images[i].mode,
+            mean=meta.get("mean"),
+            std=meta.get("std"),
+        )
         rows.append(
             {
                 "image": path,
@@ -131,6 +174,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "index": k,
                 "probability": float(p[k]),
                 "probabilities": {str(n): float(v) for n, v in zip(names, p, strict=True)},
+                "unlike_training": notes,
             }
         )
     if args.json:
@@ -138,6 +182,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         print(f"{row['image']}: {row['label']} ({row['probability']:.3f})")
+        if row["unlike_training"]:
+            print(
+                f"warning: {row['image']} looks unlike the images the model was trained on ("
+                + "; ".join(row["unlike_training"])
+                + "): the answer may mean little",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .._export import INPUT_NAME, OUTPUT_NAME, export
+    from .._registry import load_predictor
+
+    verify = not args.no_verify
+    if Path(args.ref).is_dir():
+        predictor = Predictor.from_dir(args.ref, verify=verify)
+    elif Path(args.ref).exists():
+        raise UsageError(f"{args.ref} is a file; give a pulled model's folder or NAME@ALIAS")
+    else:
+        client = _tracking_client(args)
+        predictor = load_predictor(args.ref, tracking_uri=client.tracking_uri, verify=verify)
+    report = export(predictor, args.format, args.out)
+    c, h, w = predictor.input_shape
+    print(
+        f"exported {args.ref} ({predictor.model.spec.summary()}) as {report.format} to "
+        f"{report.path} ({report.bytes:,} bytes)\n"
+        f"  input  '{INPUT_NAME}': uint8 images (N, {c}, {h}, {w}), any N; normalised inside\n"
+        f"  output '{OUTPUT_NAME}': float32 (N, {predictor.num_classes}), classes "
+        f"{', '.join(predictor.classes)}\n"
+        f"  checked on {report.checked} images against PyTorch: same classes, max |probability "
+        f"difference| {report.max_abs_diff:.1e}"
+    )
     return 0
 
 

@@ -13,7 +13,7 @@ __all__ = ["COMPLEXITY_CHOICES", "PRESET_NAMES", "build_parser"]
 
 # Checked against search._config.COMPLEXITY by the tests; kept here so that --help needs no
 # import of the config module (which imports the layers below).
-COMPLEXITY_CHOICES = ("params", "macs")
+COMPLEXITY_CHOICES = ("params", "macs", "latency")
 # The presets shipped in cnnas/search/presets (tests check that the two agree).
 PRESET_NAMES = (
     "digits-quick",
@@ -195,11 +195,23 @@ def _results(sub: Any) -> None:
 
 
 def _models(sub: Any) -> None:
-    pull = sub.add_parser("pull", help="download a registered model: spec, weights, metadata")
+    no_verify = (
+        "use the model even if its files cannot be checked: no manifest, or a file that differs "
+        "from it (a tampered or damaged model)"
+    )
+    pull = sub.add_parser(
+        "pull", help="download a registered model: spec, weights, metadata, manifest"
+    )
     pull.add_argument("ref", help="NAME, NAME@ALIAS or NAME/VERSION")
     pull.add_argument("--out", required=True, help="folder to write")
     pull.add_argument("--config", help="a study config (for mlflow.yml and project_dir)")
     _project(pull)
+    pull.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="pull even a version whose files the registry records no sha256 for, or that "
+        "differ from it; the folder then gets no manifest",
+    )
     _cmd(pull, "_models", "cmd_pull")
 
     ev = sub.add_parser("evaluate", help="accuracy and confusion matrix of a pulled model")
@@ -207,14 +219,40 @@ def _models(sub: Any) -> None:
     ev.add_argument("--dataset", help="dataset (default: the one the model was trained on)")
     ev.add_argument("--split", choices=("test", "val", "train"), default="test")
     ev.add_argument("--data-dir", help="folder of the dataset files")
+    ev.add_argument("--no-verify", action="store_true", help=no_verify)
     _json(ev)
     _cmd(ev, "_models", "cmd_evaluate")
 
     pred = sub.add_parser("predict", help="class and probability of image files")
     pred.add_argument("dir", help="a folder written by cnnas pull")
     pred.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    pred.add_argument("--no-verify", action="store_true", help=no_verify)
     _json(pred)
     _cmd(pred, "_models", "cmd_predict")
+
+    export = sub.add_parser(
+        "export",
+        help="write a model as ONNX, TorchScript or a torch.export program, preprocessing inside",
+        description=(
+            "Export a pulled model (a folder) or a registered one (NAME@ALIAS, NAME/VERSION) as "
+            "one file that takes uint8 images (N, C, H, W), any N, and returns class "
+            "probabilities; normalisation and softmax are in the graph. The file is loaded back "
+            "and checked against PyTorch before the command succeeds."
+        ),
+    )
+    export.add_argument("ref", metavar="REF_OR_DIR", help="a pulled folder, or NAME@ALIAS")
+    export.add_argument(
+        "--format",
+        choices=("onnx", "torchscript", "exported-program"),
+        default="onnx",
+        help="onnx (onnxruntime; needs the 'export' extra), exported-program (torch.export, "
+        "a .pt2 file) or torchscript (deprecated by PyTorch); default onnx",
+    )
+    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--config", help="a study config (for mlflow.yml and project_dir)")
+    _project(export)
+    export.add_argument("--no-verify", action="store_true", help=no_verify)
+    _cmd(export, "_models", "cmd_export")
 
     spec = sub.add_parser("spec", help="architecture specs")
     spec_sub = spec.add_subparsers(dest="spec_command", required=True, metavar="ACTION")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, TextIO
 
+from .._final import FinalRun, final_runs, kendall_tau
+from .._format import AXIS_NAMES
 from .._records import front
 from .._registry import register_front, test_accuracy
 from .._study import StudyRun
-from ._common import attach, emit_json, front_table, state_line, trial_json
+from ._common import attach, emit_json, front_table, out_folder, state_line, trial_json
 
 __all__ = ["cmd_pareto", "cmd_register", "cmd_report", "register"]
 
@@ -31,12 +32,13 @@ def register(run: StudyRun, complexity: str, refit: bool, out: TextIO) -> dict[s
 def cmd_pareto(args: argparse.Namespace) -> int:
     from ..report import pareto_plot
 
+    out = out_folder(args.out)  # before attach(), which writes to the study
     run = attach(args)
     recs = run.records()
     top = front(recs, args.complexity)
     tests = {} if args.no_test else {r.number: test_accuracy(run, r) for r in top}
-    label = "params" if args.complexity == "params" else "MACs"
-    out_dir = Path(args.out) if args.out else run.project_dir / "reports" / run.cfg.study.name
+    label = AXIS_NAMES[args.complexity]
+    out_dir = out or run.project_dir / "reports" / run.cfg.study.name
     png, html = pareto_plot(
         [r for r in recs if r.candidate],
         top,
@@ -46,12 +48,15 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     )
     for path in (png, html):
         run.tracker.client.log_artifact(run.parent_run_id, str(path), "pareto")
+    finals = final_runs(run.study)
+    tau = kendall_tau([(f.search_val_acc, f.test_acc) for f in finals.values()])
     if args.json:
         emit_json(
             {
                 "study": run.cfg.study.name,
                 "complexity": args.complexity,
-                "front": [trial_json(r, tests.get(r.number)) for r in top],
+                "front": [_with_final(trial_json(r, tests.get(r.number)), finals) for r in top],
+                "rank_agreement": tau,
                 "plot": {"png": png, "html": html},
                 "mlflow_parent_run_id": run.parent_run_id,
             }
@@ -62,8 +67,26 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         f"{len(top)} trial(s); {state_line(recs)}"
     )
     print(front_table(top, tests))
+    if finals:
+        print("\ntrained again at full fidelity (the registered networks):")
+        for f in finals.values():
+            print(
+                f"  trial {f.trial:>4}: test {f.test_acc:.4f} after {f.epochs} epoch(s) on "
+                f"{f.data}; in the search val_acc {f.search_val_acc:.4f}"
+            )
+        if tau is not None:
+            print(f"rank agreement of search and final scores: Kendall's tau {tau:+.2f}")
     print(f"\nplot: {png}\ninteractive: {html}\n(also in the study's MLflow parent run)")
     return 0
+
+
+def _with_final(row: dict[str, Any], finals: dict[int, FinalRun]) -> dict[str, Any]:
+    """A front member's JSON with its full-fidelity figures, null when it was not retrained."""
+    f = finals.get(row["number"])
+    row["final_test_acc"] = f.test_acc if f else None
+    row["final_epochs"] = f.epochs if f else None
+    row["final_mlflow_run_id"] = f.run_id if f else None
+    return row
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -75,9 +98,10 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..report import DASHBOARD_ARTIFACTS, REPORT_ARTIFACT_DIR, write_report
 
+    out_dir = out_folder(args.out)  # before attach(), which writes to the study
     run = attach(args)
     report = write_report(
-        run, args.out, complexity=args.complexity, test=not args.no_test, log=not args.no_log
+        run, out_dir, complexity=args.complexity, test=not args.no_test, log=not args.no_log
     )
     out = sys.stdout
     print(f"report of study {run.cfg.study.name!r}:", file=out)

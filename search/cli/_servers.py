@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .._storage import existing_storage, existing_study
-from ._common import study_config
+from .._storage import check_project_dir, existing_storage, existing_study, safe_url
+from .._tracking import local_store_uri
+from ._common import out_folder, study_config
 
 __all__ = ["LOCAL_HOSTS", "cmd_dashboard", "cmd_tracking_server", "tracking_server_command"]
 
@@ -74,14 +75,20 @@ def cmd_tracking_server(args: argparse.Namespace) -> int:
     """``mlflow server`` with cnnas's defaults: loopback only, artifacts served by the server."""
     cfg = study_config(args)
     project = Path(cfg.study.project_dir)
-    backend = args.backend_store_uri or f"sqlite:///{project / 'mlflow.db'}"
+    if not args.backend_store_uri or not args.artifacts_destination:
+        check_project_dir(cfg)
+    backend = args.backend_store_uri or local_store_uri(project)
     artifacts = args.artifacts_destination or str(project / "mlartifacts")
+    if "://" not in artifacts:
+        out_folder(artifacts, "--artifacts-destination")
     _warn_exposed(args.host, "the MLflow server")
     command = tracking_server_command(backend, artifacts, args.host, args.port, args.workers)
     if backend.startswith("sqlite:///"):
-        Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        database = Path(backend.removeprefix("sqlite:///"))
+        out_folder(str(database.parent), "--backend-store-uri")
+        database.parent.mkdir(parents=True, exist_ok=True)
     print(
-        f"MLflow tracking server at http://{args.host}:{args.port} (backend {backend}, "
+        f"MLflow tracking server at http://{args.host}:{args.port} (backend {safe_url(backend)}, "
         f"artifacts {artifacts}); set tracking_uri: http://<this host>:{args.port} in mlflow.yml",
         flush=True,
     )

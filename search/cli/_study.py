@@ -6,16 +6,18 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import TextIO
 
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from .._config import StudyConfig
-from .._format import human
+from .._final import final_budget, train_final
+from .._format import duration, human, size
 from .._records import TrialRecord, front, records
-from .._storage import existing_study, storage_location, worker_id
-from .._study import StudyRun, prepare, run_study
+from .._storage import existing_study, safe_url, storage_location, worker_id
+from .._study import StudyRun, prepare, run_study, search_timeout
 from .._tracking import tracking_uri
 from .._workers import plan_workers, run_workers
 from ..errors import StudyFailing, UsageError
@@ -23,6 +25,7 @@ from ._common import (
     counts_json,
     emit_json,
     front_table,
+    ignore_further_interrupts,
     mlflow_ui_hint,
     state_line,
     study_config,
@@ -36,8 +39,34 @@ __all__ = ["cmd_study_start", "cmd_study_status", "cmd_worker"]
 class Progress:
     """One line per finished trial; per-epoch lines too when the output is a terminal."""
 
-    def __init__(self, total: int, out: TextIO, verbose: bool) -> None:
+    def __init__(
+        self, total: int, out: TextIO, verbose: bool, timeout: float | None = None
+    ) -> None:
         self.total, self.out, self.verbose = total, out, verbose
+        self.timeout = timeout  # the search's share of study.timeout, for the estimate
+        self.estimated = False
+
+    def estimate(self, run: StudyRun, trial: FrozenTrial) -> None:
+        """After the first trained trial, what the rest will take at its pace, when that is long
+        (more than 10 minutes): a study with no config at all runs for an hour on 2 cores."""
+        r = TrialRecord.from_trial(trial)
+        if self.estimated or not r.trained or r.duplicate_of is not None:
+            return
+        self.estimated = True
+        left = self.total - run.finished_count()
+        pace = r.wall_seconds()
+        total = left * pace
+        if left <= 0 or total < 600:
+            return
+        limit = ""
+        if self.timeout is not None and self.timeout < total:
+            limit = f"; the search stops starting trials after {duration(self.timeout)}"
+        print(
+            f"        about {duration(total)} for the {left} trial(s) left at this pace "
+            f"({duration(pace)} the first){limit}",
+            file=self.out,
+            flush=True,
+        )
 
     def epoch(self, epoch: int, values: dict[str, float]) -> None:
         if self.verbose:
@@ -72,7 +101,7 @@ class Progress:
         top = front(recs, axis)
         best = max(top, key=lambda r: r.val_acc) if top else None
         best_text = (
-            f"  | front {len(top)}, best {best.val_acc:.4f} @ {human(best.complexity(axis))}"
+            f"  | front {len(top)}, best {best.val_acc:.4f} @ {size(best.complexity(axis), axis)}"
             if best
             else ""
         )
@@ -82,6 +111,7 @@ class Progress:
             file=self.out,
             flush=True,
         )
+        self.estimate(run, trial)
 
 
 def _print_front(recs: list[TrialRecord], name: str, axis: str, out: TextIO) -> None:
@@ -95,15 +125,19 @@ def _print_front(recs: list[TrialRecord], name: str, axis: str, out: TextIO) -> 
         print(front_table(top), file=out)
 
 
-def _look_further(cfg: StudyConfig, config_arg: str | None, mlflow_uri: str, out: TextIO) -> None:
+def _look_further(
+    cfg: StudyConfig, config_arg: str | None, mlflow: Sequence[str], out: TextIO
+) -> None:
+    """The commands to look further; ``mlflow`` opens the MLflow UI on the training runs."""
     flag = f" --config {config_arg}" if config_arg else ""
     name = cfg.study.name
+    ui = "".join(f"\n  {line}" for line in mlflow)
     print(
         "\nLook further:\n"
         f"  cnnas study status {name}{flag}      # trials and the front\n"
         f"  cnnas pareto {name}{flag}            # front with test accuracy, plots\n"
         f"  cnnas dashboard {name}{flag}         # optuna-dashboard on 127.0.0.1:8080\n"
-        f"  {mlflow_ui_hint(mlflow_uri)}   # MLflow: runs, curves, specs",
+        f"  # MLflow: the runs with their curves and specs, and the registered models:{ui}",
         file=out,
     )
 
@@ -132,6 +166,7 @@ def _run_in_workers(run: StudyRun, args: argparse.Namespace, out: TextIO) -> boo
 
 
 def cmd_study_start(args: argparse.Namespace) -> int:
+    started = time.monotonic()  # study.timeout is the whole budget, the final phase included
     _check_workers(args)
     run = prepare(study_config(args))  # raises on bad input; nothing written yet
     cfg, out = run.cfg, sys.stdout
@@ -140,19 +175,28 @@ def cmd_study_start(args: argparse.Namespace) -> int:
     print(
         f"study {cfg.study.name!r}: {run.finished_count()} of {cfg.study.trials} trials done; "
         f"dataset {data.name} {data.input_shape}, {len(data.train_y)} train / "
-        f"{len(data.val_y)} validation images; storage {storage_location(cfg)}; "
-        f"MLflow {run.tracker.uri} (parent run {run.parent_run_id})",
+        f"{len(data.val_y)} validation images; storage {safe_url(storage_location(cfg))}; "
+        f"MLflow {safe_url(run.tracker.uri)} (parent run {run.parent_run_id})",
         file=out,
         flush=True,
     )
-    progress = Progress(cfg.study.trials, out, verbose=args.verbose or out.isatty())
+    if run.sizing:
+        print(run.sizing, file=out, flush=True)
+    progress = Progress(
+        cfg.study.trials, out, args.verbose or out.isatty(), timeout=search_timeout(cfg)
+    )
     failing = None
+    searched = time.monotonic()
+    before = run.finished_count()
     try:
         if not _run_in_workers(run, args, out):
             run_study(run, on_trial=progress.trial, on_epoch=progress.epoch)
+        _trials_run(run, before, time.monotonic() - searched, out)
+        _final_phase(run, started, time.monotonic() - searched, out, verbose=progress.verbose)
     except StudyFailing as e:
         failing = e
     except KeyboardInterrupt:
+        ignore_further_interrupts()
         print("\ninterrupted: the study is saved; run the same command to resume", file=out)
         return 130
     recs = run.records()
@@ -164,11 +208,44 @@ def cmd_study_start(args: argparse.Namespace) -> int:
 
         report = write_report(run, complexity=cfg.study.complexity)
         print(f"\nreport: {report.html}\n        {report.markdown}", file=out)
-    _look_further(cfg, args.config, run.tracker.uri, out)
+    _look_further(cfg, args.config, [safe_url(c) for c in run.tracker.ui_commands()], out)
     if failing is not None:
         print(f"\nerror: {failing}", file=sys.stderr)
         return 1
     return 0
+
+
+def _trials_run(run: StudyRun, before: int, seconds: float, out: TextIO) -> None:
+    """How many of the planned trials ran, and why the search stopped where it did."""
+    done, planned = run.finished_count(), run.cfg.study.trials
+    if done >= planned:
+        why = "all of them"
+    else:
+        limit = search_timeout(run.cfg)
+        why = f"study.timeout: the search's {duration(limit)}" if limit else "stopped early"
+    print(
+        f"\nran {done} of {planned} planned trials ({why}); {done - before} in this run, "
+        f"{duration(seconds)}",
+        file=out,
+        flush=True,
+    )
+
+
+def _final_phase(
+    run: StudyRun, started: float, searched: float, out: TextIO, *, verbose: bool
+) -> None:
+    """The handed-over networks trained at full fidelity, in what is left of the budget."""
+    budget = final_budget(run, started, searched)
+    if budget <= 0:
+        return
+    print("", file=out)
+
+    def line(text: str) -> None:
+        # Per-epoch lines (indented deepest) only on a terminal or with -v, as in the search.
+        if verbose or not text.startswith("        "):
+            print(text, file=out, flush=True)
+
+    train_final(run, budget, line)
 
 
 def cmd_study_status(args: argparse.Namespace) -> int:
@@ -177,12 +254,12 @@ def cmd_study_status(args: argparse.Namespace) -> int:
     stored = study.user_attrs.get("config", {}).get("study", {})
     axis = stored.get("complexity", cfg.study.complexity)
     recs = records(study.get_trials(deepcopy=False))
-    mlflow_uri = tracking_uri(cfg.mlflow_config(), cfg.study.project_dir)
+    mlflow_uri = safe_url(tracking_uri(cfg.mlflow_config(), cfg.study.project_dir))
     if args.json:
         emit_json(
             {
                 "study": args.name,
-                "storage": storage_location(cfg),
+                "storage": safe_url(storage_location(cfg)),
                 "objectives": list(study.metric_names or []),
                 "directions": [d.name.lower() for d in study.directions],
                 "complexity": axis,
@@ -200,7 +277,9 @@ def cmd_study_status(args: argparse.Namespace) -> int:
         done = [r for r in recs if r.state == TrialState.COMPLETE]
         print("\nAll complete trials:")
         print(front_table(done))
-    _look_further(cfg.replace("study", name=args.name), args.config, mlflow_uri, sys.stdout)
+    _look_further(
+        cfg.replace("study", name=args.name), args.config, [mlflow_ui_hint(mlflow_uri)], sys.stdout
+    )
     return 0
 
 
@@ -225,8 +304,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     out = sys.stdout
     print(
         f"worker {me} joined study {args.study!r} ({run.finished_count()} of "
-        f"{run.cfg.study.trials} trials done); storage {storage_location(run.cfg)}; "
-        f"MLflow {run.tracker.uri} (parent run {run.parent_run_id})",
+        f"{run.cfg.study.trials} trials done); storage {safe_url(storage_location(run.cfg))}; "
+        f"MLflow {safe_url(run.tracker.uri)} (parent run {run.parent_run_id})",
         file=out,
         flush=True,
     )
@@ -237,6 +316,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        ignore_further_interrupts()
         print("\ninterrupted: this worker's trial is recorded as failed; the study goes on")
         return 130
     print(f"worker {me}: the study has its {run.cfg.study.trials} trials", file=out)
