@@ -6,9 +6,15 @@
 #   2. sbatch --array=0-7 deploy/slurm-workers.sh study.yaml my-study
 #
 # study.yaml must name the shared stores: study.storage (postgresql://...) and an mlflow.yml
-# whose tracking_uri is the MLflow server (cnnas tracking-server). A task that is preempted or
-# killed stops sending heartbeats; after study.grace_period another worker fails its trial and
-# runs it again (study.retries), so requeueing (--requeue) is safe.
+# whose tracking_uri is the MLflow server (cnnas tracking-server) or a database of its own (not
+# the Optuna one). A task that is preempted or killed stops sending heartbeats; after
+# study.grace_period another worker fails its trial and runs it again (study.retries), so
+# requeueing (--requeue) is safe.
+#
+# The resources below are an example: options on the sbatch command line override them, e.g.
+#   sbatch --array=0-1 --cpus-per-task=1 --mem=1G deploy/slurm-workers.sh study.yaml my-study
+# (tests/search/test_slurm.py submits it so on a one-node cluster). CNNAS_VENV names the
+# environment with cnnas installed.
 #SBATCH --job-name=cnnas-worker
 #SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8

@@ -15,6 +15,7 @@ import pytest
 from cnnas.models import ArchSpec, ConvBlock, DenseLayer, count_macs, count_params
 from cnnas.search import StudyRun
 from cnnas.search.cli import build_parser, main
+from tests.search import _fs
 
 FASHION_FILES = (
     "train-images-idx3-ubyte",
@@ -489,3 +490,62 @@ def test_spec_check_valid_spec_prints_totals(capsys, workdir):
     assert f"spec hash {spec.spec_hash()}: {spec.summary()}" in out
     assert "features.1.pool" in out and "16x7x7" in out
     assert os.listdir(workdir) == ["spec.json"]
+
+
+# --- output folders that cannot take the output ------------------------------------------------
+
+readonly_dir = _fs.readonly_dir  # a fixture
+small_disk = _fs.small_disk  # a fixture
+
+
+@pytest.mark.parametrize("command", ["pareto", "report"])
+def test_an_out_that_is_a_file_is_refused_before_anything(capsys, tiny_study, monkeypatch, command):
+    monkeypatch.chdir(tiny_study)
+    (tiny_study / "taken").write_text("mine")
+    before = snapshot(tiny_study)
+    status, _, err = cli(capsys, command, "tiny", "--project-dir", "runs", "--out", "taken")
+    assert status == 2
+    assert err.startswith("error: --out: 'taken' is a file"), err
+    assert snapshot(tiny_study) == before
+    status, _, err = cli(capsys, command, "tiny", "--project-dir", "runs", "--out", "taken/x")
+    assert status == 2 and "inside" in err, err
+    (tiny_study / "taken").unlink()
+
+
+def test_a_read_only_out_is_refused(capsys, tiny_study, monkeypatch, readonly_dir):
+    monkeypatch.chdir(tiny_study)
+    before = snapshot(tiny_study / "runs")
+    out = str(readonly_dir / "report")
+    status, _, err = cli(capsys, "report", "tiny", "--project-dir", "runs", "--out", out)
+    assert status == 2 and "--out" in err and "not writable" in err, err
+    assert snapshot(tiny_study / "runs") == before
+    assert os.listdir(readonly_dir) == []
+
+
+def test_out_dot_writes_the_report_into_the_working_folder(
+    capsys, tiny_study, monkeypatch, tmp_path
+):
+    monkeypatch.chdir(tmp_path)
+    runs = str(tiny_study / "runs")
+    status, _, err = cli(capsys, "report", "tiny", "--project-dir", runs, "--out", ".")
+    assert status == 0, err
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "report.md").is_file()
+
+
+def test_a_full_disk_under_the_report_is_one_error_line(
+    capsys, tiny_study, monkeypatch, small_disk
+):
+    monkeypatch.chdir(tiny_study)
+    disk = small_disk("64k")
+    status, _, err = cli(capsys, "report", "tiny", "--project-dir", "runs", "--out", str(disk))
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write"), err
+    assert "No space left on device" in lines[0]
+
+
+def test_the_tracking_server_refuses_a_project_dir_that_is_a_file(capsys, workdir):
+    (workdir / "afile").write_text("x")
+    status, _, err = cli(capsys, "tracking-server", "--project-dir", "afile")
+    assert status == 2 and "study.project_dir" in err and "is a file" in err, err
+    assert os.listdir(workdir) == ["afile"]
