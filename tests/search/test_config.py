@@ -15,8 +15,10 @@ from cnnas.search._config import (
     AugmentSection,
     ConfigError,
     DataConfig,
+    FinalSection,
     FloatRange,
     IntRange,
+    LatencySection,
     MlflowConfig,
     SpaceConfig,
     StudyConfig,
@@ -61,10 +63,14 @@ data:
 train:
   epochs: 4
   batch_size: 64
+  optimizer: adamw
   lr: 0.01
   weight_decay: 0.0001
+  schedule: cosine
   lr_factor: 0.3
   lr_patience: 2
+  warmup: 0.1
+  label_smoothing: 0.05
   accelerator: cpu
   precision: 32-true
   deterministic: false
@@ -96,6 +102,20 @@ space:
   augment: [false, true]
   adaptive_depth: [false, true]
   exit_threshold: {min: 0.7, max: 0.95}
+  block_types: [plain, residual]
+  expansions: [2, 4]
+  se_ratio: [0.0, 0.25]
+final:
+  share: 0.3
+  members: champion
+  data: train
+  schedule: onecycle
+  max_epochs: 50
+latency:
+  backend: onnxruntime
+  threads: 2
+  batch_size: 16
+  budget: 0.5
 mlflow: tracking.yml
 """
 
@@ -159,10 +179,14 @@ def test_full_example_loads_every_key(tmp_path):
     assert cfg.train == TrainSection(
         epochs=4,
         batch_size=64,
+        optimizer="adamw",
         lr=0.01,
         weight_decay=0.0001,
+        schedule="cosine",
         lr_factor=0.3,
         lr_patience=2,
+        warmup=0.1,
+        label_smoothing=0.05,
         accelerator="cpu",
         precision="32-true",
         deterministic=False,
@@ -193,6 +217,15 @@ def test_full_example_loads_every_key(tmp_path):
         augment=(False, True),
         adaptive_depth=(False, True),
         exit_threshold=FloatRange(0.7, 0.95),
+        block_types=("plain", "residual"),
+        expansions=(2, 4),
+        se_ratio=(0.0, 0.25),
+    )
+    assert cfg.final == FinalSection(
+        share=0.3, members="champion", data="train", schedule="onecycle", max_epochs=50
+    )
+    assert cfg.latency == LatencySection(
+        backend="onnxruntime", threads=2, batch_size=16, budget=0.5
     )
     # A relative mlflow path is taken relative to the config file.
     assert cfg.mlflow == str(tmp_path / "tracking.yml")
@@ -207,6 +240,8 @@ def test_full_example_sets_every_key():
         ("train", TrainSection),
         ("space", SpaceConfig),
         ("train.augment", AugmentSection),
+        ("final", FinalSection),
+        ("latency", LatencySection),
     ):
         for f in dataclasses.fields(cls):
             assert re.search(rf"^ *{f.name}:", text, re.M), f"{section}.{f.name}"

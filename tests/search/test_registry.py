@@ -46,6 +46,9 @@ TINY = {
     "study": {"trials": 5, "seed": 1},
     "data": {"dataset": "digits"},
     "train": {"epochs": 2, "batch_size": 64},
+    # No final phase: these tests register the search's own networks (the final phase's are
+    # registered by the same code, from its runs; tests/search/test_mlflow_models.py has them).
+    "final": {"share": 0},
     "space": {
         "blocks": [1, 2],
         "convs": [1],
@@ -110,10 +113,11 @@ def front_numbers(study: optuna.Study) -> set[int]:
 
 
 def source_path(version) -> Path:
-    """The folder on disk of a model version whose source is a file:// URI."""
+    """The folder on disk of a model version's files (spec, weights, metadata, manifest): the
+    ``artifacts/model`` folder of the LoggedModel its file:// source names."""
     parsed = urlparse(version.source)
     assert parsed.scheme == "file", version.source
-    return Path(urllib.request.url2pathname(parsed.path))
+    return Path(urllib.request.url2pathname(parsed.path)) / "artifacts" / "model"
 
 
 def flip_byte(path: Path, offset: int = -1) -> bytes:
@@ -219,7 +223,7 @@ def pulled(alpha, tmp_path_factory) -> tuple[Path, str]:
 # --- 1. the done-when path ------------------------------------------------------------------------
 
 
-def test_start_registers_every_front_member_once_with_its_metrics(alpha) -> None:
+def test_start_registers_every_front_member_once_with_its_metrics(alpha, tmp_path) -> None:
     study, client = alpha.study(), alpha.client
     assert f"registered model '{alpha.model}'" in alpha.start_out
     front = front_of(study)
@@ -232,15 +236,25 @@ def test_start_registers_every_front_member_once_with_its_metrics(alpha) -> None
         (v,) = [v for v in registered.values() if v.tags["cnnas.trial"] == str(t.number)]
         a = t.user_attrs
         assert v.run_id == a["mlflow_run_id"]
-        assert v.source.endswith("/model")
+        # The version is the run's MLflow Model (a LoggedModel of that run).
+        logged = client.get_logged_model(v.tags["cnnas.model_id"])
+        assert logged.source_run_id == v.run_id and v.source == logged.artifact_location
         assert v.tags["cnnas.study"] == "alpha" and v.tags["cnnas.refit"] == "0"
         assert v.tags["cnnas.spec_hash"] == a["spec_hash"]
         assert v.tags["val_acc"] == f"{a['val_acc']:.6f}"
         assert v.tags["params"] == str(int(a["params"])) and v.tags["macs"] == str(int(a["macs"]))
         assert v.tags["test_acc"] == f"{recorded[str(t.number)]:.6f}"
-        # The sha256 the registry recorded is the one of the weights in the run's artifacts.
+        # The sha256 the registry recorded is the one of the weights in the run's artifacts,
+        # and its manifest that of every file.
         weights = source_path(v) / models.WEIGHTS_FILE
         assert v.tags["cnnas.sha256"] == models.sha256_file(weights)
+        manifest = json.loads(v.tags["cnnas.manifest"])
+        assert manifest == {
+            name: models.sha256_file(source_path(v) / name)
+            for name in (models.SPEC_FILE, models.WEIGHTS_FILE, models.META_FILE)
+        }
+        run_files = Path(client.download_artifacts(v.run_id, "model", str(tmp_path / v.run_id)))
+        assert models.sha256_file(run_files / models.WEIGHTS_FILE) == manifest[models.WEIGHTS_FILE]
     # Default rule: the champion is the most accurate member; aliases follow the alias rules.
     expected = assign_aliases(members_of(front), ChampionRule())
     by_trial = {v.tags["cnnas.trial"]: k for k, v in registered.items()}
@@ -260,7 +274,7 @@ def test_pulled_champion_predicts_exactly_like_the_trials_own_network(
     run_id = trial.user_attrs["mlflow_run_id"]
     assert f"pulled {alpha.model} version {version.version} (study alpha, trial " in stdout
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [models.SPEC_FILE, models.WEIGHTS_FILE, models.META_FILE]
+        [models.SPEC_FILE, models.WEIGHTS_FILE, models.META_FILE, models.MANIFEST_FILE]
     )
     meta = models.read_metadata(folder)
     assert meta["registered_model"] == alpha.model
@@ -334,6 +348,22 @@ def test_status_and_pareto_json_list_the_same_front(alpha) -> None:
     assert Path(pareto["plot"]["png"]).is_file()
 
 
+def test_predict_warns_about_an_image_unlike_the_training_data(pulled, digits, tmp_path) -> None:
+    from PIL import Image
+
+    folder, _ = pulled
+    real, inverted = tmp_path / "real.png", tmp_path / "inverted.png"
+    Image.fromarray(digits.test_x[0, 0].numpy()).save(real)
+    Image.fromarray(255 - digits.test_x[0, 0].numpy()).save(inverted)
+    rc, out, err = cnnas("predict", folder, real, inverted)
+    assert rc == 0, err
+    assert f"warning: {inverted} looks unlike the images the model was trained on" in err
+    assert str(real) not in err
+    rc, out, err = cnnas("predict", folder, real, inverted, "--json")
+    rows = json.loads(out)["predictions"]
+    assert rows[0]["unlike_training"] == [] and rows[1]["unlike_training"]
+
+
 def test_predict_json_gives_every_class_probability(pulled, tmp_path) -> None:
     from PIL import Image
 
@@ -349,6 +379,51 @@ def test_predict_json_gives_every_class_probability(pulled, tmp_path) -> None:
         assert (
             r["probabilities"][r["label"]] == r["probability"] == max(r["probabilities"].values())
         )
+
+
+def test_predict_scales_16_bit_images_rather_than_clipping_them(pulled, digits, tmp_path) -> None:
+    """A 16-bit PNG of a digit predicts what its 8-bit original does; clipped at 255, it would
+    be a white square."""
+    from PIL import Image
+
+    folder, _ = pulled
+    eight, sixteen = tmp_path / "eight.png", tmp_path / "sixteen.png"
+    pixels = digits.test_x[0, 0].numpy()
+    Image.fromarray(pixels).save(eight)
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(sixteen)  # 255 * 257 = 65535
+    assert Image.open(sixteen).mode.startswith("I")
+    rc, out, err = cnnas("predict", folder, eight, sixteen, "--json")
+    assert rc == 0, err
+    a, b = json.loads(out)["predictions"]
+    assert a["label"] == b["label"]
+    for name, p in a["probabilities"].items():
+        assert b["probabilities"][name] == pytest.approx(p, abs=1e-6)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that is only a signature and a header: enough for Pillow to open it and read its
+    size, as a decompression bomb's few bytes are."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [10_000, 40_000])  # Pillow warns past 89M pixels, raises past 2x
+def test_predict_refuses_a_decompression_bomb_in_one_line(pulled, tmp_path, side) -> None:
+    folder, _ = pulled
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header(side, side))
+    rc, out, err = cnnas("predict", folder, bomb)
+    assert rc == 2 and out == "", err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot read image {bomb}"), err
+    assert "too many pixels" in lines[0] and len(lines[0]) < 400
 
 
 # --- 2. tampering ---------------------------------------------------------------------------------
@@ -414,6 +489,83 @@ def test_a_failed_pull_leaves_an_earlier_pull_in_place(alpha, pulled, tmp_path) 
         (stored / models.WEIGHTS_FILE).write_bytes(original)
     assert rc == 2 and "sha256" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_pull_and_evaluate_refuse_a_tampered_metadata_file(alpha, pulled, tmp_path) -> None:
+    """metadata.json says how images are normalised: an edit changes every prediction, so it is
+    refused like one in the weights, in the artifact store and in a pulled folder."""
+    version = alpha.client.get_model_version_by_alias(alpha.model, "smallest")
+    meta_file = source_path(version) / models.META_FILE
+    original = meta_file.read_bytes()
+    meta = json.loads(original)
+    meta["mean"] = [m + 1.0 for m in meta["mean"]]
+    meta_file.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    out = tmp_path / "stored"
+    try:
+        rc, _, err = cnnas(
+            "pull", f"{alpha.model}@smallest", "--out", out, "--config", alpha.config
+        )
+    finally:
+        meta_file.write_bytes(original)
+    assert rc == 2 and f"{models.META_FILE}: sha256" in err and "refusing" in err
+    assert not out.exists()
+
+    folder = tmp_path / "pulled"
+    shutil.copytree(pulled[0], folder)
+    meta = models.read_metadata(folder)
+    meta["std"] = [s * 2 for s in meta["std"]]
+    (folder / models.META_FILE).write_text(json.dumps(meta))
+    for argv in (("evaluate", folder), ("predict", folder, folder / models.SPEC_FILE)):
+        rc, out_text, err = cnnas(*argv)
+        assert rc == 2 and f"{models.META_FILE}: sha256" in err, err
+        assert "accuracy" not in out_text
+    rc, out_text, err = cnnas("evaluate", folder, "--no-verify")
+    assert rc == 0 and "accuracy" in out_text, err
+
+
+def test_a_version_without_its_manifest_is_refused_unless_no_verify(alpha, tmp_path) -> None:
+    """A version whose manifest tag is gone (deleted, or registered before there was one): pull
+    refuses it, even with untouched files, and refuses tampered ones just the same; --no-verify
+    pulls either, into a folder without a manifest, which loads only with --no-verify."""
+    client = alpha.client
+    original = client.get_model_version_by_alias(alpha.model, "smallest")
+    copy = "cnnas-alpha-copy"  # a registered model of its own: alpha's registry stays as it is
+    client.create_registered_model(copy)
+    try:
+        _pull_without_manifest(client, copy, original, alpha, tmp_path)
+    finally:
+        client.delete_registered_model(copy)
+
+
+def _pull_without_manifest(client, copy, original, alpha, tmp_path) -> None:
+    version = client.create_model_version(
+        copy, original.source, run_id=original.run_id, tags=original.tags
+    )
+    client.delete_model_version_tag(copy, version.version, "cnnas.manifest")
+    ref = f"{copy}/{version.version}"
+    rc, _, err = cnnas("pull", ref, "--out", tmp_path / "a", "--config", alpha.config)
+    assert rc == 2 and "no manifest" in err and "--no-verify" in err
+    assert not (tmp_path / "a").exists()
+
+    weights = source_path(version) / models.WEIGHTS_FILE
+    original_weights = flip_byte(weights)
+    try:
+        rc, _, err = cnnas("pull", ref, "--out", tmp_path / "b", "--config", alpha.config)
+        assert rc == 2 and "no manifest" in err
+        assert not (tmp_path / "b").exists()
+        rc, out, err = cnnas(
+            "pull", ref, "--out", tmp_path / "c", "--config", alpha.config, "--no-verify"
+        )
+    finally:
+        weights.write_bytes(original_weights)
+    assert rc == 0 and "not verified" in out, err
+    assert not (tmp_path / "c" / models.MANIFEST_FILE).exists()
+    assert models.read_metadata(tmp_path / "c")["verified"] is False
+    rc, _, err = cnnas("evaluate", tmp_path / "c")
+    assert rc == 2 and f"{models.MANIFEST_FILE}: missing" in err and "--no-verify" in err
+    with pytest.raises(models.ModelFileError, match="manifest"):
+        search.load(tmp_path / "c")
+    search.load(tmp_path / "c", verify=False)
 
 
 # --- 3. no pickle on the pull-and-load path -------------------------------------------------------
@@ -755,7 +907,7 @@ def test_pulling_a_model_that_does_not_exist_lists_the_registered_ones(
     rc, _, err = cnnas("pull", f"models:/{alpha.model}/1", "--out", "m", *project)
     assert rc == 0, err
     assert str(models.read_metadata(tmp_path / "m")["version"]) == "1"
-    assert len(list((tmp_path / "m").iterdir())) == 3
+    assert len(list((tmp_path / "m").iterdir())) == 4
     models.load_model(tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "no staging folder left behind"
 

@@ -16,17 +16,29 @@ from optuna.distributions import (
 )
 from optuna.trial import FixedTrial
 
-from cnnas.models import ArchSpec, ConvBlock, DenseLayer, infer_shapes, multiscale_sections
+from cnnas.models import (
+    BLOCK_TYPES,
+    POOLS,
+    ArchSpec,
+    ConvBlock,
+    DenseLayer,
+    infer_shapes,
+    multiscale_sections,
+    shortcut,
+)
 from cnnas.search._config import (
     SPACE_PRESETS,
     SPACE_PRESETS_VALUES,
+    ConfigError,
     FloatRange,
     IntRange,
     SpaceConfig,
+    load_config,
 )
 from cnnas.search._space import (
     DROPOUT_STEP,
     MIN_POOL_SIZE,
+    SE_STEP,
     max_pools,
     suggest_augment,
     suggest_spec,
@@ -38,6 +50,22 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 SHAPES = [(1, 28, 28), (1, 8, 8), (3, 32, 32), (3, 64, 64), (1, 5, 5), (1, 3, 3), (1, 8, 64)]
 PRESET_SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 8, 8)]
 
+# The default space without the efficient blocks. The tests of the other dimensions replay and
+# sample this space, so they hold whether or not the default space offers the efficient blocks
+# (SpaceConfig._OFFER_EFFICIENT, the one line that decides).
+PLAIN_BLOCKS: dict[str, Any] = {
+    "block_types": ("plain",),
+    "se_ratio": (0.0,),
+    "pools": ("max", "avg", "conv", "none"),
+}
+
+
+def plain_space(**changes: Any) -> SpaceConfig:
+    return SpaceConfig(**{**PLAIN_BLOCKS, **changes})
+
+
+PLAIN = plain_space()
+
 # Every option the config allows, so that every code path of the space is exercised.
 WIDE = SpaceConfig(
     blocks=IntRange(1, 12),
@@ -46,7 +74,10 @@ WIDE = SpaceConfig(
     max_filters=128,
     kernels=(1, 3, 7, 15),
     factorize=(False, True),
-    pools=("max", "avg", "conv", "none"),
+    block_types=BLOCK_TYPES,
+    expansions=IntRange(1, 6),
+    se_ratio=FloatRange(0.0, 0.5),
+    pools=("max", "avg", "conv", "stride", "none"),
     block_dropout=FloatRange(0.0, 0.9),
     aggregations=("flatten", "gap", "multiscale"),
     heads=("single", "multi"),
@@ -99,18 +130,18 @@ def sample(
 
 @pytest.fixture(scope="module")
 def default_samples() -> list[Sampled]:
-    return sample(SpaceConfig(), (1, 28, 28), 300, seed=1)
+    return sample(PLAIN, (1, 28, 28), 300, seed=1)
 
 
 # --- what a dimension may hold and whether it is a parameter -----------------------------------
 
 
-def single(dim: Any) -> bool:
+def single(dim: Any, step: float = DROPOUT_STEP) -> bool:
     """A dimension with one possible value, which the space fixes rather than samples."""
     if isinstance(dim, IntRange):
         return dim.min == dim.max
     if isinstance(dim, FloatRange):
-        return dim.max - dim.min < DROPOUT_STEP
+        return dim.max - dim.min < step
     return len(dim) == 1
 
 
@@ -121,10 +152,15 @@ def within(value: Any, dim: Any) -> bool:
 
 
 def downsample(size: int, pool: str) -> int:
-    """The short side after a block's downsampling (a stride-2 3x3 conv rounds up)."""
+    """The short side after a block's downsampling (a stride-2 conv rounds up)."""
     if pool == "none":
         return size
-    return (size + 1) // 2 if pool == "conv" else size // 2
+    return (size + 1) // 2 if pool in ("conv", "stride") else size // 2
+
+
+def pool_choice(block: ConvBlock) -> str:
+    """The space's downsampling choice a block was built from ('stride': no pool, stride 2)."""
+    return "stride" if block.stride == 2 else block.pool
 
 
 def pool_offered(spec: ArchSpec) -> list[bool]:
@@ -132,14 +168,28 @@ def pool_offered(spec: ArchSpec) -> list[bool]:
     size, offered = min(spec.input_shape[1:]), []
     for block in spec.blocks:
         offered.append(size >= MIN_POOL_SIZE)
-        size = downsample(size, block.pool)
+        size = downsample(size, pool_choice(block))
     return offered
+
+
+def conv_params(space: SpaceConfig, block: ConvBlock) -> set[str]:
+    """The block options asked once for the network that depend on the block type."""
+    names = set()
+    if not single(space.block_types):
+        names.add("block_type")
+    if block.block_type == "inverted" and not single(space.expansions):
+        names.add("expansion")
+    if not single(space.se_ratio, SE_STEP):
+        names.add("se_ratio")
+    # An inverted block has one depthwise kxk conv per bottleneck: nothing to factorise.
+    if block.kernel > 3 and block.block_type != "inverted" and not single(space.factorize):
+        names.add("factorize")
+    return names
 
 
 def expected_params(space: SpaceConfig, spec: ArchSpec) -> set[str]:
     """The names a trial must have been asked for: the active, non-fixed dimensions."""
     names = set()
-    block = spec.blocks[0]
     if not single(space.blocks):
         names.add("blocks")
     for name, dim in (
@@ -156,8 +206,7 @@ def expected_params(space: SpaceConfig, spec: ArchSpec) -> set[str]:
             names.add(name)
     if len(spec.blocks) > 1 and not single(space.growth):
         names.add("growth")
-    if block.kernel > 3 and not single(space.factorize):
-        names.add("factorize")
+    names |= conv_params(space, spec.blocks[0])
     offered = pool_offered(spec)
     if not single(space.pools):
         if space.pool_scope == "network":
@@ -195,7 +244,18 @@ def check_sample(space: SpaceConfig, s: Sampled) -> None:
         want = want if growth == "constant" else want * 2**i
         assert block.filters == min(want, space.max_filters)
         assert block.kernel in space.kernels and block.kernel == spec.blocks[0].kernel
-        assert block.factorize == (block.kernel > 3 and params.get("factorize", space.factorize[0]))
+        factorizes = block.kernel > 3 and block.block_type != "inverted"
+        assert block.factorize == (factorizes and params.get("factorize", space.factorize[0]))
+        # One block type, SE ratio and expansion for the network.
+        assert block.block_type in space.block_types
+        assert block.block_type == spec.blocks[0].block_type
+        assert within(block.se_ratio, space.se_ratio) and block.se_ratio == spec.blocks[0].se_ratio
+        if block.block_type == "inverted":
+            assert within(block.expansion, space.expansions)
+            assert block.expansion == params.get("expansion", block.expansion)
+        else:
+            assert block.expansion == 6  # the spec's default, inactive
+        assert block.stride in (1, 2)
         assert within(block.convs, space.convs) and block.convs == spec.blocks[0].convs
         assert block.batch_norm in space.batch_norm
         assert within(block.dropout, space.block_dropout)
@@ -203,9 +263,14 @@ def check_sample(space: SpaceConfig, s: Sampled) -> None:
     assert base <= space.max_filters
     offered = pool_offered(spec)
     for block, o in zip(spec.blocks, offered, strict=True):
-        assert block.pool in space.pools if o else block.pool == "none"
+        if o:
+            assert pool_choice(block) in space.pools
+        else:
+            assert (block.pool, block.stride) == ("none", 1)
+        assert block.stride == 1 or block.pool == "none"
     if space.pool_scope == "network":
-        assert len({b.pool for b, o in zip(spec.blocks, offered, strict=True) if o}) <= 1
+        chosen = {pool_choice(b) for b, o in zip(spec.blocks, offered, strict=True) if o}
+        assert len(chosen) <= 1
     assert spec.aggregation in space.aggregations
     if spec.aggregation == "multiscale":
         assert spec.heads in space.heads
@@ -246,7 +311,7 @@ FIXED = {
 
 def test_fixed_trial_gives_the_exact_spec():
     trial = FixedTrial(FIXED)
-    spec = suggest_spec(trial, SpaceConfig(), (1, 28, 28), 10)
+    spec = suggest_spec(trial, PLAIN, (1, 28, 28), 10)
     expected = ArchSpec(
         input_shape=(1, 28, 28),
         num_classes=10,
@@ -284,7 +349,7 @@ def test_fixed_trial_gives_the_exact_spec():
 
 
 def test_fixed_trial_multi_head_multiscale_factorised_conv_pools():
-    space = dataclasses.replace(SpaceConfig(), aux_weight=(0.5, 1.0))
+    space = dataclasses.replace(PLAIN, aux_weight=(0.5, 1.0))
     params = {
         "blocks": 2,
         "base_filters": 16,
@@ -351,7 +416,7 @@ def test_fixed_trial_constant_growth_and_no_dense():
         "dense_layers": 0,
     }
     trial = FixedTrial(params)
-    spec = suggest_spec(trial, SpaceConfig(), (1, 28, 28), 10)
+    spec = suggest_spec(trial, PLAIN, (1, 28, 28), 10)
     assert spec == ArchSpec(
         input_shape=(1, 28, 28),
         num_classes=10,
@@ -363,17 +428,197 @@ def test_fixed_trial_constant_growth_and_no_dense():
     assert infer_shapes(spec)[-1].in_shape == (8 * 3 * 3,)
 
 
+# --- the efficient blocks: one FixedTrial replay per dimension -------------------------------
+
+EFFICIENT = dataclasses.replace(PLAIN, **SpaceConfig.EFFICIENT)
+
+
+def efficient_block(**changes: Any) -> ConvBlock:
+    """FIXED's first block with the efficient-block fields ``changes``."""
+    block = ConvBlock(16, kernel=5, batch_norm=True, pool="max", dropout=0.1)
+    return dataclasses.replace(block, **changes)
+
+
+@pytest.mark.parametrize("block_type", ["plain", "separable", "residual"])
+def test_fixed_trial_block_type(block_type: str):
+    params = {**FIXED, "block_type": block_type, "se_ratio": 0.0}
+    trial = FixedTrial(params)
+    spec = suggest_spec(trial, EFFICIENT, (1, 28, 28), 10)
+    first = efficient_block(block_type=block_type)
+    assert spec == ArchSpec(
+        (1, 28, 28),
+        10,
+        (first, dataclasses.replace(first, filters=32, pool="none")),
+        aggregation="gap",
+        dense=(DenseLayer(64, dropout=0.2),),
+    )
+    assert trial.params == params
+    # A residual block whose filters double has a projection shortcut.
+    if block_type == "residual":
+        assert shortcut(spec.blocks[1], 16) == "projection"
+
+
+def test_fixed_trial_inverted_block_and_its_expansion():
+    # An inverted block asks for its expansion and never for factorisation (kernel 5 here).
+    params = {k: v for k, v in FIXED.items() if k != "factorize"}
+    params |= {"block_type": "inverted", "expansion": 3, "se_ratio": 0.0, "convs": 2}
+    space = dataclasses.replace(EFFICIENT, expansions=IntRange(1, 8))
+    trial = FixedTrial(params)
+    spec = suggest_spec(trial, space, (1, 28, 28), 10)
+    first = efficient_block(block_type="inverted", expansion=3, convs=2)
+    assert spec.blocks == (first, dataclasses.replace(first, filters=32, pool="none"))
+    assert trial.params == params
+    assert spec.blocks[0].conv_kernels == (5, 5)
+    # The same trial in a space with one expansion: not asked, fixed.
+    fixed = {k: v for k, v in params.items() if k != "expansion"}
+    trial = FixedTrial(fixed)
+    spec = suggest_spec(trial, dataclasses.replace(EFFICIENT, expansions=(6,)), (1, 28, 28), 10)
+    assert {b.expansion for b in spec.blocks} == {6} and trial.params == fixed
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.0625])
+def test_fixed_trial_se_ratio(ratio: float):
+    params = {**FIXED, "block_type": "residual", "se_ratio": ratio}
+    space = dataclasses.replace(EFFICIENT, se_ratio=FloatRange(0.0, 0.5))
+    trial = FixedTrial(params)
+    spec = suggest_spec(trial, space, (1, 28, 28), 10)
+    assert [b.se_ratio for b in spec.blocks] == [ratio, ratio]
+    assert spec.blocks[0] == efficient_block(block_type="residual", se_ratio=ratio)
+    assert trial.params == params
+    # One allowed ratio: every block has it, and it is not a parameter.
+    fixed = {k: v for k, v in params.items() if k != "se_ratio"}
+    trial = FixedTrial(fixed)
+    spec = suggest_spec(trial, dataclasses.replace(EFFICIENT, se_ratio=(0.125,)), (1, 28, 28), 10)
+    assert {b.se_ratio for b in spec.blocks} == {0.125} and trial.params == fixed
+
+
+def test_fixed_trial_stride_downsampling():
+    # 'stride' halves the map in the block's first conv, rounding up: 28 -> 14 -> 7 -> 4 -> 2.
+    params = {**FIXED, "blocks": 4, "block_type": "separable", "se_ratio": 0.0}
+    params |= {f"pool_{i}": "stride" for i in range(4)}
+    trial = FixedTrial(params)
+    spec = suggest_spec(trial, EFFICIENT, (1, 28, 28), 10)
+    assert [(b.pool, b.stride) for b in spec.blocks] == [("none", 2)] * 4
+    assert next(x.in_shape for x in infer_shapes(spec) if x.kind == "aggregate") == (128, 2, 2)
+    assert trial.params == params
+    # Mixed with the pools, and asked once for the network with pool_scope 'network'.
+    params = {**FIXED, "block_type": "plain", "se_ratio": 0.0, "pool_0": "stride", "pool_1": "max"}
+    spec = suggest_spec(FixedTrial(params), EFFICIENT, (1, 28, 28), 10)
+    assert [(b.pool, b.stride) for b in spec.blocks] == [("none", 2), ("max", 1)]
+    network = dataclasses.replace(EFFICIENT, pool_scope="network")
+    params = {k: v for k, v in params.items() if not k.startswith("pool_")} | {"pool": "stride"}
+    trial = FixedTrial(params)
+    spec = suggest_spec(trial, network, (1, 28, 28), 10)
+    assert [b.stride for b in spec.blocks] == [2, 2] and trial.params == params
+
+
+def test_efficient_space_asks_each_option_only_when_active():
+    seen = set()
+    for s in sample(EFFICIENT, (1, 28, 28), 200, seed=5):
+        check_sample(EFFICIENT, s)
+        kind = s.spec.blocks[0].block_type
+        seen.add(kind)
+        assert s.params["block_type"] == kind and "se_ratio" in s.params
+        assert ("expansion" in s.params) == (kind == "inverted")
+        if kind == "inverted":
+            assert "factorize" not in s.params
+    assert seen == set(BLOCK_TYPES)
+
+
+def test_the_default_space_offers_the_efficient_blocks_only_when_switched_on():
+    space = SpaceConfig()
+    offered = SpaceConfig._OFFER_EFFICIENT  # noqa: SLF001
+    want = SpaceConfig.EFFICIENT if offered else PLAIN_BLOCKS
+    assert {name: getattr(space, name) for name in want} == want
+    # Apart from the switch's keys, the default space is the plain one.
+    assert dataclasses.replace(space, **PLAIN_BLOCKS) == PLAIN
+    for s in sample(space, (1, 28, 28), 100, seed=1):
+        check_sample(space, s)
+        if not offered:
+            assert not {"block_type", "expansion", "se_ratio"} & set(s.params)
+            for b in s.spec.blocks:
+                assert (b.block_type, b.se_ratio, b.stride, b.expansion) == ("plain", 0.0, 1, 6)
+
+
+def test_offering_the_efficient_blocks_is_one_line():
+    # SpaceConfig._OFFER_EFFICIENT = True makes EFFICIENT's values the defaults; each is a field.
+    fields = {f.name: f for f in dataclasses.fields(SpaceConfig)}
+    assert set(SpaceConfig.EFFICIENT) == set(PLAIN_BLOCKS)
+    assert set(SpaceConfig.EFFICIENT) <= set(fields)
+    assert "EFFICIENT" not in fields and "_OFFER_EFFICIENT" not in fields
+    assert SpaceConfig.EFFICIENT["block_types"] == BLOCK_TYPES
+    for name, values in SpaceConfig.EFFICIENT.items():
+        choices = fields[name].metadata.get("choices")
+        assert choices is None or set(values) <= set(choices), name
+    # The config's choices are the models' block types, and the pools plus 'stride'.
+    assert fields["block_types"].metadata["choices"] == BLOCK_TYPES
+    assert fields["pools"].metadata["choices"] == (*POOLS, "stride")
+
+
+def test_the_seeds_presets_keep_plain_blocks(preset_samples):
+    for name in SPACE_PRESETS:
+        if name == "default":
+            continue
+        values = SPACE_PRESETS_VALUES[name]
+        assert (values["block_types"], values["se_ratio"]) == (("plain",), (0.0,))
+        assert "stride" not in values["pools"]
+        for shape in PRESET_SHAPES:
+            for s in preset_samples[name, shape]:
+                assert all(
+                    (b.block_type, b.se_ratio, b.stride) == ("plain", 0.0, 1) for b in s.spec.blocks
+                )
+
+
+def test_new_dimensions_distributions():
+    space = dataclasses.replace(
+        EFFICIENT, expansions=IntRange(1, 6), se_ratio=FloatRange(0.0, 0.5), kernels=(3,)
+    )
+    ratios = set()
+    for s in sample(space, (1, 28, 28), 80, seed=9):
+        d = s.distributions
+        assert d["block_type"] == CategoricalDistribution(list(BLOCK_TYPES))
+        assert d["se_ratio"] == FloatDistribution(0.0, 0.5, step=SE_STEP)
+        if "expansion" in d:
+            assert d["expansion"] == IntDistribution(1, 6)
+        ratios |= {b.se_ratio for b in s.spec.blocks}
+    # On the grid of 1/16, and as the spec stores them.
+    assert all(math.isclose(r * 16, round(r * 16)) for r in ratios) and len(ratios) > 4
+
+
+def test_new_config_keys_load_and_errors_name_them(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "space:\n  block_types: [residual, inverted]\n  expansions: {min: 2, max: 4}\n"
+        "  se_ratio: {min: 0.0, max: 0.25}\n  pools: [max, stride]\n"
+    )
+    space = load_config(path).space
+    assert space.block_types == ("residual", "inverted")
+    assert space.expansions == IntRange(2, 4) and space.se_ratio == FloatRange(0.0, 0.25)
+    assert space.pools == ("max", "stride")
+    for text, needles in (
+        ("  block_types: [resnet]\n", ["space.block_types[0]", "'resnet'", "separable"]),
+        ("  expansions: [0]\n", ["space.expansions[0]", "[1, 16]"]),
+        ("  se_ratio: [1.5]\n", ["space.se_ratio[0]", "[0.0, 1.0]"]),
+        ("  pools: [strided]\n", ["space.pools[0]", "stride"]),
+    ):
+        path.write_text("space:\n" + text)
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        for needle in needles:
+            assert needle in str(info.value), (needle, str(info.value))
+
+
 def test_fixed_trial_missing_a_parameter_fails():
     params = dict(FIXED)
     del params["kernel"]
     with pytest.raises(ValueError, match="kernel"):
-        suggest_spec(FixedTrial(params), SpaceConfig(), (1, 28, 28), 10)
+        suggest_spec(FixedTrial(params), PLAIN, (1, 28, 28), 10)
 
 
 def test_fixed_trial_missing_an_active_conditional_parameter_fails():
     params = {**FIXED, "aggregation": "multiscale"}  # heads is now active, and not given
     with pytest.raises(ValueError, match="heads"):
-        suggest_spec(FixedTrial(params), SpaceConfig(), (1, 28, 28), 10)
+        suggest_spec(FixedTrial(params), PLAIN, (1, 28, 28), 10)
 
 
 def test_pool_not_asked_below_min_pool_size():
@@ -381,7 +626,7 @@ def test_pool_not_asked_below_min_pool_size():
     params = {k: v for k, v in FIXED.items() if k != "pool_1"}
     params["pool_0"] = "max"
     trial = FixedTrial(params)
-    spec = suggest_spec(trial, SpaceConfig(), (1, 5, 5), 10)
+    spec = suggest_spec(trial, PLAIN, (1, 5, 5), 10)
     assert [b.pool for b in spec.blocks] == ["max", "none"]
     assert "pool_1" not in trial.params
 
@@ -391,7 +636,7 @@ def test_a_conv_pool_rounds_up_and_may_pool_again():
     params = {**FIXED, "blocks": 4, "pool_0": "conv", "pool_1": "conv", "pool_2": "conv"}
     params["pool_3"] = "conv"
     trial = FixedTrial(params)
-    spec = suggest_spec(trial, SpaceConfig(), (1, 28, 28), 10)
+    spec = suggest_spec(trial, PLAIN, (1, 28, 28), 10)
     assert [b.pool for b in spec.blocks] == ["conv"] * 4
     assert next(x.in_shape for x in infer_shapes(spec) if x.kind == "aggregate")[1:] == (2, 2)
     assert {f"pool_{i}" for i in range(4)} <= set(trial.params)
@@ -428,7 +673,7 @@ def test_head_options_only_for_multiscale_and_multi(default_samples):
 
 
 def test_aux_weight_asked_only_with_multi_heads():
-    space = dataclasses.replace(SpaceConfig(), aux_weight=FloatRange(0.2, 1.0))
+    space = dataclasses.replace(PLAIN, aux_weight=FloatRange(0.2, 1.0))
     multi = 0
     for s in sample(space, (1, 28, 28), 150, seed=4):
         assert ("aux_weight" in s.params) == (s.spec.heads == "multi")
@@ -483,7 +728,7 @@ def test_pool_parameters_follow_blocks_and_map_size(default_samples):
 
 
 def test_network_pool_scope_asks_once():
-    space = dataclasses.replace(SpaceConfig(), pool_scope="network")
+    space = dataclasses.replace(PLAIN, pool_scope="network")
     kinds = set()
     for s in sample(space, (1, 28, 28), 150, seed=2):
         params, spec = s.params, s.spec
@@ -497,7 +742,7 @@ def test_network_pool_scope_asks_once():
 
 
 def test_network_pool_scope_on_a_map_too_small_to_pool():
-    space = dataclasses.replace(SpaceConfig(), pool_scope="network")
+    space = dataclasses.replace(PLAIN, pool_scope="network")
     for s in sample(space, (1, 3, 3), 20):
         assert "pool" not in s.params
         assert all(b.pool == "none" for b in s.spec.blocks)
@@ -508,7 +753,7 @@ def test_network_pool_scope_on_a_map_too_small_to_pool():
     [((False,), False), ((True,), False), ((False, True), True)],
 )
 def test_augment_asked_only_with_a_choice(choices, asked):
-    space = dataclasses.replace(SpaceConfig(), augment=choices)
+    space = dataclasses.replace(PLAIN, augment=choices)
     seen = set()
     for s in sample(space, (1, 28, 28), 30):
         assert ("augment" in s.params) == asked
@@ -520,7 +765,7 @@ def test_augment_asked_only_with_a_choice(choices, asked):
 def test_augment_is_not_part_of_the_spec():
     spec_params = {**FIXED}
     trial = FixedTrial({**spec_params, "augment": True})
-    space = dataclasses.replace(SpaceConfig(), augment=(False, True))
+    space = dataclasses.replace(PLAIN, augment=(False, True))
     plain = suggest_spec(FixedTrial(spec_params), space, (1, 28, 28), 10)
     assert suggest_spec(trial, space, (1, 28, 28), 10) == plain
     assert suggest_augment(trial, space) is True
@@ -531,10 +776,10 @@ def test_an_inactive_value_given_to_a_fixed_trial_is_not_asked():
     # gap never asks for heads, so the spec is the one without them.
     params = {**FIXED, "kernel": 3}
     del params["factorize"]
-    plain = suggest_spec(FixedTrial(params), SpaceConfig(), (1, 28, 28), 10)
+    plain = suggest_spec(FixedTrial(params), PLAIN, (1, 28, 28), 10)
     extra = {**params, "factorize": True, "heads": "multi", "predict": "mean"}
     trial = FixedTrial(extra)
-    spec = suggest_spec(trial, SpaceConfig(), (1, 28, 28), 10)
+    spec = suggest_spec(trial, PLAIN, (1, 28, 28), 10)
     assert spec == plain
     assert trial.params == params
     assert not any(b.factorize for b in spec.blocks) and spec.heads == "single"
@@ -584,7 +829,7 @@ def test_the_canonical_hash_ignores_a_multi_head_with_no_extra_section():
 
 
 def test_single_valued_choices_are_not_parameters():
-    space = SpaceConfig(
+    space = plain_space(
         kernels=(3,),
         base_filters=(16,),
         growth=("doubling",),
@@ -614,7 +859,7 @@ def test_single_valued_choices_are_not_parameters():
 
 
 def test_a_list_is_categorical_and_a_range_is_numeric():
-    space = SpaceConfig(
+    space = plain_space(
         blocks=(1, 2, 4),
         convs=IntRange(1, 3),
         block_dropout=FloatRange(0.0, 0.5),
@@ -635,17 +880,17 @@ def test_a_list_is_categorical_and_a_range_is_numeric():
 
 
 def test_a_ranged_convs_is_a_parameter():
-    for s in sample(dataclasses.replace(SpaceConfig(), convs=IntRange(1, 3)), (1, 28, 28), 30):
+    for s in sample(dataclasses.replace(PLAIN, convs=IntRange(1, 3)), (1, 28, 28), 30):
         assert s.params["convs"] in (1, 2, 3)
         assert all(b.convs == s.params["convs"] for b in s.spec.blocks)
-    for s in sample(dataclasses.replace(SpaceConfig(), convs=(2,)), (1, 28, 28), 5):
+    for s in sample(dataclasses.replace(PLAIN, convs=(2,)), (1, 28, 28), 5):
         assert "convs" not in s.params
         assert all(b.convs == 2 for b in s.spec.blocks)
 
 
 def test_only_none_pool_never_asks():
     for scope in ("block", "network"):
-        space = dataclasses.replace(SpaceConfig(), pools=("none",), pool_scope=scope)
+        space = dataclasses.replace(PLAIN, pools=("none",), pool_scope=scope)
         for s in sample(space, (1, 28, 28), 20):
             assert not any(k.startswith("pool") for k in s.params)
             assert all(b.pool == "none" for b in s.spec.blocks)
@@ -663,7 +908,7 @@ def test_no_sampled_spec_collapses(shape, space):
 
 
 def test_all_max_pools_on_every_block_stop_in_time():
-    space = dataclasses.replace(SpaceConfig(), blocks=(12,), pools=("max",))
+    space = dataclasses.replace(PLAIN, blocks=(12,), pools=("max",))
     for shape in SHAPES:
         (s, *_) = sample(space, shape, 1)
         assert sum(b.pool == "max" for b in s.spec.blocks) == max_pools(*shape[1:])
@@ -671,7 +916,7 @@ def test_all_max_pools_on_every_block_stop_in_time():
 
 
 def test_all_conv_pools_stop_in_time():
-    space = dataclasses.replace(SpaceConfig(), blocks=(12,), pools=("conv",))
+    space = dataclasses.replace(PLAIN, blocks=(12,), pools=("conv",))
     # A conv pool rounds up (28 -> 14 -> 7 -> 4 -> 2), so it may downsample once more than
     # max_pools counts for 2x2 pools; the map still never falls below 2 pixels.
     for shape, stages in [((1, 28, 28), 4), ((1, 8, 8), 2), ((3, 64, 64), 5), ((1, 5, 5), 1)]:
@@ -682,7 +927,7 @@ def test_all_conv_pools_stop_in_time():
 
 
 def test_non_square_input_pools_by_the_short_side():
-    space = dataclasses.replace(SpaceConfig(), blocks=(6,), pools=("max",))
+    space = dataclasses.replace(PLAIN, blocks=(6,), pools=("max",))
     (s, *_) = sample(space, (1, 8, 64), 1)
     assert sum(b.pool == "max" for b in s.spec.blocks) == 2
     feature_map = next(x.in_shape for x in infer_shapes(s.spec) if x.kind == "aggregate")
@@ -842,7 +1087,7 @@ def test_max_pools_leaves_at_least_one_pixel():
 
 
 def test_filters_follow_growth_and_the_cap():
-    space = SpaceConfig(blocks=IntRange(1, 8), base_filters=(8, 16, 64), max_filters=128)
+    space = plain_space(blocks=IntRange(1, 8), base_filters=(8, 16, 64), max_filters=128)
     seen = set()
     for s in sample(space, (3, 64, 64), 200, seed=3):
         growth = s.params.get("growth", "constant")
@@ -887,7 +1132,7 @@ def test_dense_widths_within_bounds(default_samples):
 
 
 def test_dropout_never_exceeds_the_configured_max():
-    space = SpaceConfig(block_dropout=FloatRange(0.1, 0.33))
+    space = plain_space(block_dropout=FloatRange(0.1, 0.33))
     values = set()
     for s in sample(space, (1, 28, 28), 200):
         values |= {b.dropout for b in s.spec.blocks}
@@ -896,7 +1141,7 @@ def test_dropout_never_exceeds_the_configured_max():
 
 
 def test_dropout_choices_are_taken_as_given():
-    space = SpaceConfig(block_dropout=(0.0, 0.33), dense_layers=(1,), dense_dropout=(0.125,))
+    space = plain_space(block_dropout=(0.0, 0.33), dense_layers=(1,), dense_dropout=(0.125,))
     values = set()
     for s in sample(space, (1, 28, 28), 40):
         values |= {b.dropout for b in s.spec.blocks}

@@ -14,7 +14,12 @@ from cnnas.search._space import suggest_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-OFFERED = dataclasses.replace(SpaceConfig(), adaptive_depth=(False, True))
+# The default space without the efficient blocks (whether or not the default offers them), with
+# adaptive depth offered.
+PLAIN = dataclasses.replace(
+    SpaceConfig(), block_types=("plain",), se_ratio=(0.0,), pools=("max", "avg", "conv", "none")
+)
+OFFERED = dataclasses.replace(PLAIN, adaptive_depth=(False, True))
 
 ADAPTIVE = {
     "blocks": 3,
@@ -80,7 +85,7 @@ def test_one_block_or_not_offered_never_asks() -> None:
     # The default space does not offer it: the key is never asked, whatever the trial holds.
     trial_params = {**one, "blocks": 3, "growth": "constant", "pool_1": "none", "pool_2": "none"}
     trial = FixedTrial(trial_params)
-    spec = suggest_spec(trial, SpaceConfig(), (1, 28, 28), 10)
+    spec = suggest_spec(trial, PLAIN, (1, 28, 28), 10)
     assert not spec.adaptive_depth and "adaptive_depth" not in trial.params
 
 
@@ -117,3 +122,24 @@ def test_sampled_adaptive_specs_are_valid_and_equal_size(shape) -> None:
             assert not any(k in trial.params for k in ("growth", "aggregation", "pool_1"))
         study.tell(trial, 0.0)
     assert chosen > 5
+
+
+def test_fixed_trial_adaptive_with_efficient_blocks() -> None:
+    # Residual and inverted blocks keep channels and size with constant filters and no pool, so
+    # they are adaptive stages like plain blocks; SE and the stem's stride are allowed too.
+    space = dataclasses.replace(OFFERED, **SpaceConfig.EFFICIENT)
+    for block_type in ("residual", "inverted"):
+        params = {**ADAPTIVE, "block_type": block_type, "se_ratio": 0.25, "pool_0": "stride"}
+        if block_type == "inverted":
+            params["expansion"] = 4
+        trial = FixedTrial(params)
+        spec = suggest_spec(trial, space, (1, 28, 28), 10)
+        assert spec.adaptive_depth and trial.params == params
+        kind = {"block_type": block_type, "se_ratio": 0.25}
+        if block_type == "inverted":
+            kind["expansion"] = 4
+        stem = ConvBlock(16, batch_norm=True, dropout=0.1, stride=2, **kind)
+        stage = dataclasses.replace(stem, stride=1)
+        assert spec.blocks == (stem, stage, stage)
+        walk = infer_shapes(spec)
+        assert next(la for la in walk if la.kind == "aggregate").in_shape == (16, 14, 14)

@@ -1,0 +1,267 @@
+"""The budget covers the hand-over: the final phase, defaults sized to a small dataset, and
+latency as the complexity axis. Real studies on digits (and a 129-image folder of real
+Fashion-MNIST pictures), real stores."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState, create_trial
+
+from cnnas.search import load_config, prepare
+from cnnas.search._final import final_runs, kendall_tau, plan_final
+from cnnas.search._records import records
+from cnnas.search._sizing import size_for
+from cnnas.search.cli import main
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+SPACE = {
+    "blocks": {"min": 1, "max": 2},
+    "base_filters": [4, 8],
+    "kernels": [3],
+    "convs": [1],
+    "pools": ["max", "none"],
+    "aggregations": ["gap", "flatten"],
+    "dense_layers": [0],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cnnas(*argv: object) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def write(tmp: Path, name: str, **sections) -> Path:
+    cfg = {
+        "study": {"name": name, "trials": 4, "seed": 0, "project_dir": str(tmp / "runs")},
+        "data": {"dataset": "digits"},
+        "train": {"epochs": 2, "batch_size": 64, "accelerator": "cpu"},
+        "space": SPACE,
+    }
+    for section, values in sections.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def study_of(tmp: Path, name: str, project: str = "runs") -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp / project / "optuna.journal"))
+    )
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+# --- pure pieces ------------------------------------------------------------------------------
+
+
+def test_kendall_tau_of_agreeing_reversed_and_tied_orders() -> None:
+    assert kendall_tau([(1, 1), (2, 2)]) is None  # too few to say
+    assert kendall_tau([(0.1, 0.5), (0.2, 0.6), (0.3, 0.9)]) == 1.0
+    assert kendall_tau([(0.1, 0.9), (0.2, 0.6), (0.3, 0.5)]) == -1.0
+    tau = kendall_tau([(0.1, 0.5), (0.2, 0.9), (0.3, 0.6), (0.4, 0.95)])
+    assert tau == pytest.approx(2 / 3)
+    assert kendall_tau([(1, 1), (1, 1), (1, 1)]) is None  # no order at all
+
+
+def trained(number: int, params: int, acc: float, epoch_seconds: float) -> optuna.trial.FrozenTrial:
+    t = create_trial(
+        state=TrialState.COMPLETE,
+        values=[acc, params],
+        user_attrs={
+            "spec": {"input_shape": [1, 8, 8], "num_classes": 10, "blocks": [{"filters": 4}]},
+            "params": params,
+            "macs": params * 10,
+            "val_acc": acc,
+            "ratio": acc / params,
+            "seconds": 3 * epoch_seconds,
+            "epochs": 3,
+            "curves": {"val_acc": [acc] * 3, "epoch_seconds": [epoch_seconds] * 3},
+        },
+    )
+    t.number = number
+    return t
+
+
+def test_the_plan_fits_the_budget_and_drops_members_before_the_champion(tmp_path) -> None:
+    run = prepare(load_config(write(tmp_path, "plan")))
+    recs = records(
+        [trained(0, 1000, 0.80, 1.0), trained(1, 5000, 0.90, 2.0), trained(2, 20000, 0.95, 4.0)]
+    )
+    n = len(run.data.train_y)
+    plan = plan_final(run, recs, budget=70.0, final_images=n)  # the search's data: scale 1
+    # Champion (most accurate, no limit) first; 1 + 2 + 4 = 7 s an epoch for all three.
+    assert plan.members[0].number == 2
+    assert plan.epochs == 10 and plan.estimate <= plan.budget
+    twice = plan_final(run, recs, budget=70.0, final_images=2 * n)  # twice the images
+    assert twice.epochs == 5
+    short = plan_final(run, recs, budget=5.0, final_images=n)  # not one epoch of all three
+    assert [r.number for r in short.members] == [2] and short.epochs == 1
+    assert plan_final(run, recs, budget=3.0, final_images=n) is None  # not even the champion
+
+
+def test_a_small_dataset_gets_defaults_of_its_size(tmp_path) -> None:
+    cfg = load_config(write(tmp_path, "tiny"))
+    sized = size_for(cfg, train_images=82, pool_images=103)
+    # What the config named (batch 64, 2 epochs) stays; the rest follows the dataset's size.
+    assert sized.cfg.train.batch_size == 64 and sized.cfg.train.epochs == 2
+    assert sized.cfg.data.val_fraction == 0.2
+    assert sized.cfg.study.max_params == 20_000 and sized.cfg.space.max_filters == 32
+    bare = load_config(None).replace("data", dataset="digits")
+    sized = size_for(bare, train_images=82, pool_images=103)
+    assert sized.cfg.train.batch_size == 8  # 82 train images: at least 16 steps an epoch
+    assert sized.cfg.train.epochs == 40  # 400 steps at 10 an epoch
+    assert "train.batch_size 8" in sized.line(82) and "train.epochs 40" in sized.line(82)
+    big = size_for(bare, train_images=54000, pool_images=60000)
+    assert big.cfg == bare and big.line(54000) is None
+
+
+# --- studies ----------------------------------------------------------------------------------
+
+
+def test_a_timed_study_hands_over_networks_trained_in_its_final_phase(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # The search ends at its 4 trials well before the timeout; the final phase gets the rest,
+    # bounded by final.max_epochs to keep the test short.
+    config = write(tmp_path, "timed", study={"trials": 4, "timeout": 300}, final={"max_epochs": 3})
+    rc, out, err = cnnas("study", "start", "--config", config, "--no-report")
+    assert rc == 0, err
+    assert "final training:" in out and "(final.max_epochs 3)" in out
+    study = study_of(tmp_path, "timed")
+    finals = final_runs(study)
+    assert finals, out
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    versions = client.search_model_versions("name = 'cnnas-timed'")
+    # The registered versions are the final phase's networks, with its test accuracies.
+    assert {int(v.tags["cnnas.trial"]) for v in versions} == set(finals)
+    for v in versions:
+        f = finals[int(v.tags["cnnas.trial"])]
+        assert v.run_id == f.run_id and v.tags["cnnas.refit"] == "final"
+        assert float(v.tags["test_acc"]) == pytest.approx(f.test_acc, abs=1e-6)
+        assert float(v.tags["val_acc"]) == pytest.approx(f.search_val_acc, abs=1e-6)
+        run = client.get_run(f.run_id)
+        assert run.data.tags["cnnas.role"] == "final" and run.info.status == "FINISHED"
+        assert run.data.metrics["test_acc"] == pytest.approx(f.test_acc)
+        # trained on the whole pool: train + validation
+        assert f.data == "train+val"
+    champion = client.get_model_version_by_alias("cnnas-timed", "champion")
+    assert int(champion.tags["cnnas.trial"]) in finals
+    rc, out, err = cnnas("pareto", "timed", "--config", config, "--json", "--no-test")
+    assert rc == 0, err
+    doc = json.loads(out)
+    retrained = [t for t in doc["front"] if t["final_test_acc"] is not None]
+    assert {t["number"] for t in retrained} == set(finals)
+    assert "rank_agreement" in doc
+
+
+def test_without_a_timeout_the_final_phase_takes_its_share_of_the_searchs_time(tmp_path):
+    config = write(tmp_path, "counted", final={"share": 0.5, "members": "champion"})
+    rc, _, err = cnnas("study", "start", "--config", config, "--no-report")
+    assert rc == 0, err
+    finals = final_runs(study_of(tmp_path, "counted"))
+    assert len(finals) == 1
+    (f,) = finals.values()
+    # The champion alone, about as long as the whole search: many more epochs than a trial.
+    assert f.epochs > 2
+
+
+def test_final_share_0_registers_the_search_networks(tmp_path):
+    config = write(tmp_path, "nofinal", final={"share": 0.0})
+    rc, out, err = cnnas("study", "start", "--config", config, "--no-report")
+    assert rc == 0, err
+    assert "final training" not in out
+    assert final_runs(study_of(tmp_path, "nofinal")) == {}
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    versions = client.search_model_versions("name = 'cnnas-nofinal'")
+    assert versions and all(v.tags["cnnas.refit"] == "0" for v in versions)
+
+
+def test_a_latency_study_draws_its_front_against_milliseconds(tmp_path):
+    config = write(
+        tmp_path,
+        "fast",
+        study={"complexity": "latency"},
+        final={"share": 0.0},
+        latency={"budget": 0.02},
+    )
+    rc, out, err = cnnas("study", "start", "--config", config, "--no-report")
+    assert rc == 0, err
+    assert " ms" in out  # the progress line shows the front's size in milliseconds
+    study = study_of(tmp_path, "fast")
+    assert study.metric_names == ["val_acc", "latency"]
+    for t in study.trials:
+        assert t.user_attrs["latency_ms"] > 0 and t.user_attrs["latency_batch_ms"] > 0
+        assert t.values[1] == t.user_attrs["latency_ms"]
+    cache = json.loads((tmp_path / "runs" / "latency-cache.json").read_text())
+    assert len(cache) == len({t.user_attrs["spec_hash"] for t in study.trials})
+    rc, out, err = cnnas(
+        "pareto", "fast", "--config", config, "--json", "--no-test", "--out", tmp_path / "plots"
+    )
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["complexity"] == "latency" and doc["front"]
+    assert (tmp_path / "plots" / "pareto.png").is_file()
+    from cnnas.search.report._plots import axis_label
+
+    assert axis_label("latency") == "latency (ms per image)"
+
+
+def test_every_trial_records_its_latency_whatever_the_axis(tmp_path):
+    config = write(tmp_path, "anyaxis", final={"share": 0.0}, latency={"budget": 0.02})
+    rc, _, err = cnnas("study", "start", "--config", config, "--no-report")
+    assert rc == 0, err
+    trials = study_of(tmp_path, "anyaxis").trials
+    assert all(t.user_attrs["latency_ms"] > 0 for t in trials)
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_a_129_image_folder_learns_with_the_default_settings(tmp_path, monkeypatch, capsys):
+    """Real pictures (Fashion-MNIST trousers, bags and sneakers, 43 each) as a user's folder;
+    only the dataset and a short trial count are configured."""
+    from PIL import Image
+
+    from cnnas.objectives import read_idx
+
+    images = read_idx(FASHION / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    folder = tmp_path / "clothes"
+    for cls, name in ((1, "trouser"), (8, "bag"), (7, "sneaker")):
+        (folder / name).mkdir(parents=True)
+        for i, k in enumerate(np.flatnonzero(labels == cls)[:43]):
+            Image.fromarray(images[k]).save(folder / name / f"{i}.png")
+    assert sum(1 for _ in folder.rglob("*.png")) == 129
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "study": {"name": "clothes", "trials": 6},
+                "data": {"dataset": "image-folder", "path": str(folder)},
+            }
+        )
+    )
+    rc, out, err = cnnas("study", "start", "--config", "study.yaml", "--no-report")
+    assert rc == 0, err
+    assert "small dataset (" in out and "train.batch_size 8" in out
+    finals = final_runs(study_of(tmp_path, "clothes", "cnnas-runs"))
+    best = max(f.test_acc for f in finals.values())
+    assert best >= 0.7, (best, out)  # chance is 1/3
