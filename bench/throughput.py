@@ -56,9 +56,11 @@ def raw_loop(
     c = SPEC.input_shape[0]
     mean = torch.tensor(data.mean, device=device).view(1, c, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, c, 1, 1)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
+    # The trainer's default recipe: AdamW and the one-cycle policy, stepped every batch.
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = (len(data.train_y) // cfg.batch_size) * cfg.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=cfg.warmup
     )
     tx, ty = data.train_x.to(device), data.train_y.to(device)
     vx, vy = data.val_x.to(device), data.val_y.to(device)
@@ -74,12 +76,13 @@ def raw_loop(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
         model.eval()
         correct = torch.zeros((), device=device)
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
             for xb, yb in Batches(vx, vy, max(cfg.batch_size, 1024)):
                 correct += (model((xb.float() - mean) / std).argmax(1) == yb).sum()
-        sched.step(float(correct) / len(vy))
+        float(correct)  # the validation accuracy, read once an epoch like the trainer's
         if epoch_seconds is not None:
             epoch_seconds.append(time.perf_counter() - epoch_start)
     _sync(device)
