@@ -253,30 +253,8 @@ def register_front(
         key = (run.cfg.study.name, str(trial.number), kind)
         version = existing.get(key)
         if version is None:
-            source_run = trial.run_id
-            if finals:
-                source_run, acc = finals[trial.number].run_id, finals[trial.number].test_acc
-                with tempfile.TemporaryDirectory() as tmp:
-                    meta = read_metadata(download_model(client, source_run, Path(tmp)))
-            elif refit_epochs:
-                source_run, meta = _refit(run, trial, refit_epochs)
-                acc = float(meta["test_acc"])
-            else:
-                acc = test_accuracy(run, trial)
-                with tempfile.TemporaryDirectory() as tmp:
-                    meta = read_metadata(download_model(client, source_run, Path(tmp)))
-            tags = {
-                "cnnas.study": run.cfg.study.name,
-                "cnnas.trial": str(trial.number),
-                "cnnas.refit": kind,
-                "cnnas.spec_hash": trial.spec_hash,
-                "cnnas.sha256": meta["sha256"],
-                "val_acc": f"{trial.val_acc:.6f}",
-                "test_acc": f"{acc:.6f}",
-                "params": str(trial.params),
-                "macs": str(trial.macs),
-                "ratio": f"{trial.ratio:.6e}",
-            }
+            source_run, acc, meta = _version_source(run, trial, finals, refit_epochs)
+            tags = _version_tags(run, trial, kind, meta, acc)
             if refit_epochs and not finals:
                 tags["refit_epochs"] = str(refit_epochs)
             if finals:
@@ -305,6 +283,40 @@ def register_front(
         "versions": {n: v.version for n, v in versions.items()},
         "aliases": {a: (m.trial, versions[m.trial].version) for a, m in aliases.items()},
         "test_acc": test_accs,
+    }
+
+
+def _version_source(
+    run: StudyRun, trial: TrialRecord, finals: dict, refit_epochs: int | None
+) -> tuple[str, float, dict[str, Any]]:
+    """The run a version of ``trial`` is made from, its test accuracy and its metadata: the
+    final phase's run when there is one, else a refit, else the trial's own run."""
+    if finals:
+        source_run, acc = finals[trial.number].run_id, finals[trial.number].test_acc
+    elif refit_epochs:
+        source_run, meta = _refit(run, trial, refit_epochs)
+        return source_run, float(meta["test_acc"]), meta
+    else:
+        source_run, acc = trial.run_id, test_accuracy(run, trial)
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = read_metadata(download_model(run.tracker.client, source_run, Path(tmp)))
+    return source_run, acc, meta
+
+
+def _version_tags(
+    run: StudyRun, trial: TrialRecord, kind: str, meta: dict[str, Any], acc: float
+) -> dict[str, str]:
+    return {
+        "cnnas.study": run.cfg.study.name,
+        "cnnas.trial": str(trial.number),
+        "cnnas.refit": kind,
+        "cnnas.spec_hash": trial.spec_hash,
+        "cnnas.sha256": meta["sha256"],
+        "val_acc": f"{trial.val_acc:.6f}",
+        "test_acc": f"{acc:.6f}",
+        "params": str(trial.params),
+        "macs": str(trial.macs),
+        "ratio": f"{trial.ratio:.6e}",
     }
 
 

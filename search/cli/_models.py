@@ -20,7 +20,7 @@ from .._config import StudyConfig
 from .._registry import pull
 from .._tracking import tracking_uri
 from ..errors import UsageError
-from ._common import emit_json, study_config
+from ._common import emit_json, out_folder, study_config
 
 __all__ = [
     "cmd_evaluate",
@@ -41,6 +41,8 @@ def _tracking_client(args: argparse.Namespace) -> MlflowClient:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    # A file, a folder inside a file, or a read-only folder: refused before anything is fetched.
+    out_folder(args.out)
     meta = pull(_tracking_client(args), args.ref, args.out, verify=not args.no_verify)
     print(
         f"pulled {meta['registered_model']} version {meta['version']} "

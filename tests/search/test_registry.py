@@ -38,6 +38,7 @@ from cnnas import models, search
 from cnnas.objectives import confusion_matrix
 from cnnas.search import cli
 from cnnas.search._aliases import ChampionRule, assign_aliases
+from tests.search import _fs
 from tests.search._helpers import front_of, members_of
 
 ALIASES = ("most-accurate", "smallest", "best-ratio", "knee", "champion")
@@ -64,6 +65,8 @@ TINY = {
         "dense_width": {"min": 8, "max": 32},
     },
 }
+
+readonly_dir = _fs.readonly_dir  # a fixture
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -910,6 +913,23 @@ def test_pulling_a_model_that_does_not_exist_lists_the_registered_ones(
     assert len(list((tmp_path / "m").iterdir())) == 4
     models.load_model(tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "no staging folder left behind"
+
+
+def test_pull_refuses_an_out_that_cannot_take_the_model(alpha, tmp_path, readonly_dir) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    ref = f"{alpha.model}@champion"
+    for out, says in (
+        (taken, "is a file"),
+        (taken / "model", "inside"),
+        (readonly_dir / "model", "not writable"),
+    ):
+        rc, out_text, err = cnnas("pull", ref, "--out", out, "--config", alpha.config)
+        assert rc == 2 and out_text == "", err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --out: ") and says in err, err
+    assert taken.read_text() == "mine"
+    assert list(readonly_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize("where", ["folder", "cwd"])
