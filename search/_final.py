@@ -35,6 +35,7 @@ __all__ = [
     "FinalRun",
     "final_members",
     "final_runs",
+    "fitting_epochs",
     "kendall_tau",
     "plan_final",
     "train_final",
@@ -113,6 +114,15 @@ def _epoch_seconds(r: TrialRecord, scale: float) -> float:
     return max(sum(times) / len(times), 1e-3) * scale
 
 
+def fitting_epochs(
+    chosen: Sequence[TrialRecord], budget: float, scale: float, limit: int, pace: float = 1.0
+) -> int:
+    """The epochs each of ``chosen`` can train within ``budget`` seconds (at most ``limit``),
+    when epochs take ``pace`` times what the search's epochs suggest."""
+    per_epoch = pace * sum(_epoch_seconds(r, scale) for r in chosen)
+    return min(int(budget // per_epoch), limit)
+
+
 def plan_final(
     run: StudyRun, recs: Sequence[TrialRecord], budget: float, final_images: int
 ) -> FinalPlan | None:
@@ -124,7 +134,7 @@ def plan_final(
     limit = run.cfg.final.max_epochs
     while chosen:
         per_epoch = sum(_epoch_seconds(r, scale) for r in chosen)
-        epochs = min(int(budget // per_epoch), limit)
+        epochs = fitting_epochs(chosen, budget, scale, limit)
         if epochs >= 1:
             reason = (
                 f"{len(chosen)} network(s) x {epochs} epoch(s) on {final_images:,} images: about "
@@ -171,17 +181,12 @@ class _LiveEpochs(pl.Callback):
 
 
 def _train_one(
-    run: StudyRun, r: TrialRecord, data: ImageData, plan: FinalPlan, scale: float, line: Line
+    run: StudyRun, r: TrialRecord, data: ImageData, epochs: int, max_seconds: float, line: Line
 ) -> FinalRun:
     cfg = run.cfg
     train_cfg = cfg.train.to_train_config(cfg.study.seed, augment=r.augment)
-    share = _epoch_seconds(r, scale) * plan.epochs / max(plan.estimate, 1e-9)
     train_cfg = dataclasses.replace(
-        train_cfg,
-        epochs=plan.epochs,
-        schedule=cfg.final.schedule,
-        # A safety net: a network slower than its search epochs suggested stops in time.
-        max_seconds=1.25 * share * plan.budget,
+        train_cfg, epochs=epochs, schedule=cfg.final.schedule, max_seconds=max_seconds
     )
     run_id = run.tracker.start_trial(
         run.parent_run_id,
@@ -191,7 +196,7 @@ def _train_one(
         run_name=f"{cfg.study.name}-trial-{r.number}-final",
         extra_tags={"cnnas.final_of": str(r.number), "cnnas.role": "final"},
     )
-    live = _LiveEpochs(run, run_id, line, f"trial {r.number}", plan.epochs)
+    live = _LiveEpochs(run, run_id, line, f"trial {r.number}", epochs)
     result = run.trainer(r.spec, data, train_cfg, seed=cfg.study.seed + r.number, callbacks=[live])
     loss, acc = evaluate(result.model, data.test_x, data.test_y, data.mean, data.std)
     extra = {
@@ -239,11 +244,40 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
         return []
     line(f"final training: {plan.reason}")
     scale = len(data.train_y) / max(len(run.data.train_y), 1)
+    deadline = time.monotonic() + budget
     done = final_runs(run.study)
-    out = []
-    for r in plan.members:
+    out: list[FinalRun] = []
+    planned = taken = 0.0  # seconds the networks trained so far were estimated at, and took
+    for i, r in enumerate(plan.members):
+        epochs = plan.epochs
+        if i:
+            # The search's epochs predict the final ones only roughly (validation, the larger
+            # data's memory traffic, registering each network): the networks left get the
+            # epochs that fit the time left at the pace measured so far, so the phase ends on
+            # time instead of cutting the last network's schedule short.
+            pace = taken / max(planned, 1e-9)
+            left = deadline - time.monotonic()
+            rest = plan.members[i:]
+            epochs = min(plan.epochs, fitting_epochs(rest, left, scale, plan.epochs, pace))
+            if epochs < 1:
+                line(
+                    f"  the {len(rest)} network(s) left: skipped, {max(left, 0):.0f} s left "
+                    f"cannot train one epoch of them (epochs take {pace:.2f}x the plan's estimate)"
+                )
+                break
+            if epochs < plan.epochs:
+                line(
+                    f"  the {len(rest)} network(s) left: {epochs} epoch(s) each, to fit the "
+                    f"{left:.0f} s left (epochs take {pace:.2f}x the plan's estimate)"
+                )
+        estimate = _epoch_seconds(r, scale) * epochs
+        # A safety net: a network far slower than its search epochs suggested stops in time.
+        max_seconds = max(min(1.5 * estimate, deadline - time.monotonic()), 1.0)
         line(f"  trial {r.number}: {r.spec.summary()}")
-        result = _train_one(run, r, data, plan, scale, line)
+        started = time.monotonic()
+        result = _train_one(run, r, data, epochs, max_seconds, line)
+        planned += estimate
+        taken += time.monotonic() - started
         line(
             f"  trial {r.number}: test accuracy {result.test_acc:.4f} after {result.epochs} "
             f"epoch(s), {result.seconds:.0f} s (search: val_acc {result.search_val_acc:.4f})"

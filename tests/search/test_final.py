@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
+from cnnas.objectives import fit
 from cnnas.search import load_config, prepare
-from cnnas.search._final import final_runs, kendall_tau, plan_final
+from cnnas.search._final import final_runs, fitting_epochs, kendall_tau, plan_final, train_final
 from cnnas.search._records import records
 from cnnas.search._sizing import size_for
 from cnnas.search.cli import main
@@ -118,6 +120,40 @@ def test_the_plan_fits_the_budget_and_drops_members_before_the_champion(tmp_path
     short = plan_final(run, recs, budget=5.0, final_images=n)  # not one epoch of all three
     assert [r.number for r in short.members] == [2] and short.epochs == 1
     assert plan_final(run, recs, budget=3.0, final_images=n) is None  # not even the champion
+
+
+def test_the_epochs_that_fit_follow_the_measured_pace() -> None:
+    recs = records([trained(1, 5000, 0.90, 2.0), trained(0, 1000, 0.80, 1.0)])
+    assert fitting_epochs(recs, 30.0, scale=1.0, limit=50) == 10  # 3 s an epoch for both
+    assert fitting_epochs(recs, 30.0, scale=1.0, limit=50, pace=2.0) == 5  # twice as slow
+    assert fitting_epochs(recs, 30.0, scale=2.0, limit=50, pace=0.5) == 10  # the two cancel
+    assert fitting_epochs(recs, 30.0, scale=1.0, limit=4) == 4  # final.max_epochs
+    assert fitting_epochs(recs, 2.0, scale=1.0, limit=50) == 0  # not one epoch
+
+
+def test_a_slow_first_network_leaves_the_others_only_the_time_that_is_left(tmp_path) -> None:
+    """The plan comes from the search's epoch times; when the champion's training takes far
+    longer than planned, the networks left are re-planned into the time left (here: none),
+    instead of overrunning the study's budget."""
+    run = prepare(load_config(write(tmp_path, "slow", final={"max_epochs": 4})))
+    run.open()
+    for t in (trained(0, 1000, 0.80, 0.01), trained(1, 5000, 0.90, 0.02)):
+        run.study.add_trial(t)
+    calls: list[int] = []
+
+    def slow_first(spec, data, cfg, **kwargs):
+        calls.append(cfg.epochs)
+        if len(calls) == 1:
+            time.sleep(3.0)  # a machine slower than the search's epochs said
+        return fit(spec, data, cfg, **kwargs)
+
+    run.trainer = slow_first
+    said: list[str] = []
+    done = train_final(run, budget=2.0, line=said.append)
+    assert calls == [4]  # the champion trained its planned 4 epochs; the other never started
+    assert [f.trial for f in done] == [1]
+    assert any("the 1 network(s) left: skipped" in s for s in said), said
+    assert set(final_runs(run.study)) == {1}
 
 
 def test_a_small_dataset_gets_defaults_of_its_size(tmp_path) -> None:
