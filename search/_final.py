@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "fitting_epochs",
     "kendall_tau",
     "plan_final",
+    "probe_epochs",
     "train_final",
 ]
 
@@ -79,6 +80,8 @@ class FinalPlan:
     budget: float  # seconds
     estimate: float  # seconds the plan should take
     reason: str  # how the numbers were derived, in words
+    # Seconds one epoch of each member takes on the final data (by trial number).
+    epoch_seconds: Mapping[int, float] = dataclasses.field(default_factory=dict)
 
 
 def final_runs(study: Any) -> dict[int, FinalRun]:
@@ -115,37 +118,94 @@ def _epoch_seconds(r: TrialRecord, scale: float) -> float:
 
 
 def fitting_epochs(
-    chosen: Sequence[TrialRecord], budget: float, scale: float, limit: int, pace: float = 1.0
+    chosen: Sequence[TrialRecord],
+    budget: float,
+    epoch_seconds: Mapping[int, float],
+    limit: int,
+    pace: float = 1.0,
 ) -> int:
     """The epochs each of ``chosen`` can train within ``budget`` seconds (at most ``limit``),
-    when epochs take ``pace`` times what the search's epochs suggest."""
-    per_epoch = pace * sum(_epoch_seconds(r, scale) for r in chosen)
+    when their epochs take ``pace`` times ``epoch_seconds`` (by trial number)."""
+    per_epoch = pace * sum(epoch_seconds[r.number] for r in chosen)
     return min(int(budget // per_epoch), limit)
 
 
 def plan_final(
-    run: StudyRun, recs: Sequence[TrialRecord], budget: float, final_images: int
+    run: StudyRun,
+    recs: Sequence[TrialRecord],
+    budget: float,
+    final_images: int,
+    measured: Mapping[int, float] | None = None,
 ) -> FinalPlan | None:
-    """The plan that fits ``budget`` seconds, or None when not one epoch of the champion fits."""
+    """The plan that fits ``budget`` seconds, or None when not one epoch of the champion fits.
+
+    ``measured``: each member's seconds per epoch on the final data, timed (``probe_epochs``);
+    without it, its search epochs scaled to the larger data."""
     chosen = final_members(recs, run)
     if not chosen or budget <= 0:
         return None
     scale = final_images / max(len(run.data.train_y), 1)
     limit = run.cfg.final.max_epochs
+    if measured:
+        times = {r.number: measured[r.number] for r in chosen}
+        how = "timed on the final data"
+    else:
+        times = {r.number: _epoch_seconds(r, scale) for r in chosen}
+        how = f"their search epochs x {scale:.2f} for the larger data"
     while chosen:
-        per_epoch = sum(_epoch_seconds(r, scale) for r in chosen)
-        epochs = fitting_epochs(chosen, budget, scale, limit)
+        per_epoch = sum(times[r.number] for r in chosen)
+        epochs = fitting_epochs(chosen, budget, times, limit)
         if epochs >= 1:
             reason = (
                 f"{len(chosen)} network(s) x {epochs} epoch(s) on {final_images:,} images: about "
-                f"{per_epoch:.1f} s an epoch for all of them (their search epochs x "
-                f"{scale:.2f} for the larger data), within {budget:.0f} s"
+                f"{per_epoch:.1f} s an epoch for all of them ({how}), within {budget:.0f} s"
             )
             if epochs == limit:
                 reason += f" (final.max_epochs {limit})"
-            return FinalPlan(tuple(chosen), epochs, budget, per_epoch * epochs, reason)
+            return FinalPlan(tuple(chosen), epochs, budget, per_epoch * epochs, reason, times)
         chosen = chosen[:-1]  # the budget is short: fewer networks, the champion last to go
     return None
+
+
+# A probe trains on 1/PROBE_FRACTION of the final data; it runs only when the final data has
+# PROBE_MIN_STEPS batches in that fraction (fewer steps time the fixed costs, not the epochs)
+# and when the search's estimate promises PROBE_MIN_EPOCHS epochs (else it would eat them).
+PROBE_FRACTION = 12
+PROBE_MIN_STEPS = 8
+PROBE_MIN_EPOCHS = 4
+
+
+def probe_epochs(
+    run: StudyRun, members: Sequence[TrialRecord], data: ImageData
+) -> dict[int, float]:
+    """Each member's seconds per epoch on ``data``, timed: three epochs on a twelfth of its
+    training and validation images, the fastest of the last two (the first pays the
+    trainer's set-up and the kernels' first runs), scaled to the whole.
+
+    The search's own epoch times predict this only roughly: they were taken on the search's
+    data subset, where each epoch's fixed costs weigh more, at other moments of a shared
+    machine (measured on the CPU preset: the networks took 1.14x the plan in one run, 0.70x
+    in the next)."""
+    cfg = run.cfg
+    n = len(data.train_y) // PROBE_FRACTION
+    v = max(len(data.val_y) // PROBE_FRACTION, 1)
+    probe = dataclasses.replace(
+        data,
+        train_x=data.train_x[:n],
+        train_y=data.train_y[:n],
+        val_x=data.val_x[:v],
+        val_y=data.val_y[:v],
+    )
+    times = {}
+    for r in members:
+        train_cfg = dataclasses.replace(
+            cfg.train.to_train_config(cfg.study.seed, augment=r.augment),
+            epochs=3,
+            schedule=cfg.final.schedule,
+        )
+        result = run.trainer(r.spec, probe, train_cfg)
+        times[r.number] = min(result.curves["epoch_seconds"][1:]) * len(data.train_y) / n
+    return times
 
 
 def final_data(run: StudyRun) -> ImageData:
@@ -236,29 +296,39 @@ def _train_one(
 
 def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalRun]:
     """Trains the members that fit ``budget`` seconds and records them on the study."""
+    deadline = time.monotonic() + budget
     recs = run.records()
     data = final_data(run)
     plan = plan_final(run, recs, budget, len(data.train_y))
+    batch = run.cfg.train.batch_size
+    if (
+        plan is not None
+        and plan.epochs >= PROBE_MIN_EPOCHS
+        and len(data.train_y) // PROBE_FRACTION >= PROBE_MIN_STEPS * batch
+    ):
+        line(f"final training: timing an epoch of each of {len(plan.members)} network(s)")
+        measured = probe_epochs(run, plan.members, data)
+        plan = plan_final(run, recs, deadline - time.monotonic(), len(data.train_y), measured)
     if plan is None:
         line(f"final training: skipped, {budget:.0f} s cannot train one epoch of the champion")
         return []
     line(f"final training: {plan.reason}")
-    scale = len(data.train_y) / max(len(run.data.train_y), 1)
-    deadline = time.monotonic() + budget
     done = final_runs(run.study)
     out: list[FinalRun] = []
     planned = taken = 0.0  # seconds the networks trained so far were estimated at, and took
     for i, r in enumerate(plan.members):
         epochs = plan.epochs
         if i:
-            # The search's epochs predict the final ones only roughly (validation, the larger
-            # data's memory traffic, registering each network): the networks left get the
-            # epochs that fit the time left at the pace measured so far, so the phase ends on
-            # time instead of cutting the last network's schedule short.
+            # Testing and registering each network, and a machine whose load changes, are not
+            # in the plan: the networks left get the epochs that fit the time left at the
+            # pace measured so far, so the phase ends on time instead of cutting the last
+            # network's schedule short.
             pace = taken / max(planned, 1e-9)
             left = deadline - time.monotonic()
             rest = plan.members[i:]
-            epochs = min(plan.epochs, fitting_epochs(rest, left, scale, plan.epochs, pace))
+            epochs = min(
+                plan.epochs, fitting_epochs(rest, left, plan.epoch_seconds, plan.epochs, pace)
+            )
             if epochs < 1:
                 line(
                     f"  the {len(rest)} network(s) left: skipped, {max(left, 0):.0f} s left "
@@ -270,8 +340,8 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
                     f"  the {len(rest)} network(s) left: {epochs} epoch(s) each, to fit the "
                     f"{left:.0f} s left (epochs take {pace:.2f}x the plan's estimate)"
                 )
-        estimate = _epoch_seconds(r, scale) * epochs
-        # A safety net: a network far slower than its search epochs suggested stops in time.
+        estimate = plan.epoch_seconds[r.number] * epochs
+        # A safety net: a network far slower than planned stops in time.
         max_seconds = max(min(1.5 * estimate, deadline - time.monotonic()), 1.0)
         line(f"  trial {r.number}: {r.spec.summary()}")
         started = time.monotonic()

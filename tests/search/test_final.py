@@ -20,7 +20,15 @@ from optuna.trial import TrialState, create_trial
 
 from cnnas.objectives import fit
 from cnnas.search import load_config, prepare
-from cnnas.search._final import final_runs, fitting_epochs, kendall_tau, plan_final, train_final
+from cnnas.search._final import (
+    final_data,
+    final_runs,
+    fitting_epochs,
+    kendall_tau,
+    plan_final,
+    probe_epochs,
+    train_final,
+)
 from cnnas.search._records import records
 from cnnas.search._sizing import size_for
 from cnnas.search.cli import main
@@ -124,11 +132,42 @@ def test_the_plan_fits_the_budget_and_drops_members_before_the_champion(tmp_path
 
 def test_the_epochs_that_fit_follow_the_measured_pace() -> None:
     recs = records([trained(1, 5000, 0.90, 2.0), trained(0, 1000, 0.80, 1.0)])
-    assert fitting_epochs(recs, 30.0, scale=1.0, limit=50) == 10  # 3 s an epoch for both
-    assert fitting_epochs(recs, 30.0, scale=1.0, limit=50, pace=2.0) == 5  # twice as slow
-    assert fitting_epochs(recs, 30.0, scale=2.0, limit=50, pace=0.5) == 10  # the two cancel
-    assert fitting_epochs(recs, 30.0, scale=1.0, limit=4) == 4  # final.max_epochs
-    assert fitting_epochs(recs, 2.0, scale=1.0, limit=50) == 0  # not one epoch
+    times = {1: 2.0, 0: 1.0}  # seconds an epoch, by trial number
+    assert fitting_epochs(recs, 30.0, times, limit=50) == 10  # 3 s an epoch for both
+    assert fitting_epochs(recs, 30.0, times, limit=50, pace=2.0) == 5  # twice as slow
+    second = [r for r in recs if r.number == 1]
+    assert fitting_epochs(second, 30.0, times, limit=50, pace=0.5) == 30  # one, faster
+    assert fitting_epochs(recs, 30.0, times, limit=4) == 4  # final.max_epochs
+    assert fitting_epochs(recs, 2.0, times, limit=50) == 0  # not one epoch
+
+
+def test_a_plan_from_timed_epochs_uses_those_times(tmp_path) -> None:
+    run = prepare(load_config(write(tmp_path, "timedplan")))
+    recs = records(
+        [trained(0, 1000, 0.80, 1.0), trained(1, 5000, 0.90, 2.0), trained(2, 20000, 0.95, 4.0)]
+    )
+    n = len(run.data.train_y)
+    # Timed: each epoch twice what the search's epochs said (14 s for all three).
+    plan = plan_final(run, recs, budget=70.0, final_images=n, measured={0: 2, 1: 4, 2: 8})
+    assert plan.epochs == 5 and plan.epoch_seconds == {0: 2, 1: 4, 2: 8}
+    assert "timed on the final data" in plan.reason
+
+
+def test_the_probe_times_each_member_on_a_twelfth_of_the_final_data(tmp_path) -> None:
+    run = prepare(load_config(write(tmp_path, "probe")))
+    recs = records([trained(0, 1000, 0.80, 1.0), trained(1, 5000, 0.90, 2.0)])
+    data = final_data(run)
+    seen: list[tuple[int, int]] = []
+
+    def timed(spec, probe, cfg, **kwargs):
+        seen.append((len(probe.train_y), cfg.epochs))
+        return fit(spec, probe, cfg, **kwargs)
+
+    run.trainer = timed
+    times = probe_epochs(run, recs, data)
+    n = len(data.train_y) // 12
+    assert seen == [(n, 3), (n, 3)]
+    assert set(times) == {0, 1} and all(t > 0 for t in times.values())
 
 
 def test_a_slow_first_network_leaves_the_others_only_the_time_that_is_left(tmp_path) -> None:
