@@ -47,7 +47,14 @@ from cnnas.models import (
     resnet8,
     rules_cnn,
 )
-from cnnas.objectives import ImageData, TrainConfig, evaluate, fit, load_dataset
+from cnnas.objectives import (
+    ImageData,
+    TrainConfig,
+    epoch_seconds,
+    evaluate,
+    fit,
+    load_dataset,
+)
 from cnnas.search import load_preset
 
 BASELINES = {
@@ -112,22 +119,6 @@ def final_data(preset: str) -> tuple[ImageData, TrainConfig]:
         cfg.train.to_train_config(cfg.study.seed), schedule=cfg.final.schedule
     )
     return merged, train
-
-
-def epoch_seconds(spec: ArchSpec, data: ImageData, cfg: TrainConfig) -> float:
-    """The seconds one epoch on ``data`` takes, validation included, from a probe: three
-    epochs on a twelfth of the training and of the validation images, the fastest of the last
-    two (the first pays Lightning's set-up and the kernels' first runs)."""
-    n, v = len(data.train_y) // 12, max(len(data.val_y) // 12, 1)
-    probe = dataclasses.replace(
-        data,
-        train_x=data.train_x[:n],
-        train_y=data.train_y[:n],
-        val_x=data.val_x[:v],
-        val_y=data.val_y[:v],
-    )
-    result = fit(spec, probe, dataclasses.replace(cfg, epochs=3), seed=0)
-    return min(result.curves["epoch_seconds"][1:]) * len(data.train_y) / n
 
 
 def train_baseline(

@@ -6,6 +6,7 @@ and loggers from its caller and knows nothing of Optuna storages or MLflow runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -42,6 +43,7 @@ __all__ = [
     "TrainConfig",
     "TrialResult",
     "confusion_matrix",
+    "epoch_seconds",
     "evaluate",
     "fit",
     "logits_in_batches",
@@ -474,6 +476,32 @@ def fit(
         executed_macs=executed,
         model=net,
     )
+
+
+def epoch_seconds(
+    spec: ArchSpec,
+    data: ImageData,
+    cfg: TrainConfig,
+    *,
+    fraction: int = 12,
+    trainer: Callable[..., TrialResult] | None = None,
+) -> float:
+    """The seconds one epoch of ``spec`` on ``data`` takes, validation included, timed on this
+    machine: three epochs on 1/``fraction`` of the training and validation images (at least
+    one of each), the fastest of the last two (the first pays the trainer's set-up and the
+    kernels' first runs), scaled to the whole training split. ``trainer``: what trains (``fit``
+    unless a caller hands in its own)."""
+    n = max(len(data.train_y) // fraction, 1)
+    v = max(len(data.val_y) // fraction, 1)
+    probe = dataclasses.replace(
+        data,
+        train_x=data.train_x[:n],
+        train_y=data.train_y[:n],
+        val_x=data.val_x[:v],
+        val_y=data.val_y[:v],
+    )
+    result = (trainer or fit)(spec, probe, dataclasses.replace(cfg, epochs=3, max_seconds=None))
+    return min(result.curves["epoch_seconds"][1:]) * len(data.train_y) / n
 
 
 @torch.no_grad()

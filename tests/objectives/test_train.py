@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnnas.models import ArchSpec, ConvBlock, DenseLayer, count_macs, count_params
-from cnnas.objectives import Batches, TrainConfig, evaluate, fit
+from cnnas.objectives import Batches, TrainConfig, epoch_seconds, evaluate, fit
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=3e-3)
 
@@ -46,6 +46,20 @@ def test_batches_drop_last_and_keep_order_without_shuffle() -> None:
     assert len(Batches(x[:5], y[:5], 10, drop_last=True)) == 1
     with pytest.raises(ValueError, match="differ in length"):
         Batches(x, y[:3], 10)
+
+
+def test_epoch_seconds_times_three_epochs_on_a_fraction_and_scales_up(digits) -> None:
+    seen = []
+
+    def timed(spec, probe, cfg, **kwargs):
+        seen.append((len(probe.train_y), len(probe.val_y), cfg.epochs, cfg.max_seconds))
+        return fit(spec, probe, cfg, **kwargs)
+
+    budgeted = TrainConfig(epochs=40, batch_size=64, max_seconds=5.0)
+    seconds = epoch_seconds(small_spec(digits), digits, budgeted, fraction=4, trainer=timed)
+    n, v = len(digits.train_y) // 4, len(digits.val_y) // 4
+    assert seen == [(n, v, 3, None)]  # three epochs whatever the fit's own length or limit
+    assert seconds > 0
 
 
 def test_fit_returns_a_complete_result(digits) -> None:
