@@ -343,7 +343,9 @@ class SpaceConfig:
         "se_ratio": (0.0, 0.25),
         "pools": ("max", "avg", "conv", "stride", "none"),
     }
-    # Whether the default space includes them; bench/baselines.py decides. This is the one line to
+    # Whether the default space includes them. Measured off: in bench/search_budget.py's
+    # `blocks` variant (2026-12-02, CPU preset, 600 s) they cost the search 42 of its 59 trials
+    # and the best registered network 2.6 points (docs/benchmarks.md). This is the one line to
     # change: it is read when the class is defined (the defaults below), not at run time.
     _OFFER_EFFICIENT = False
 
