@@ -17,6 +17,8 @@ The variants:
 - ``search-70``: 70% of the budget for the search (``final.share 0.3``);
 - ``final-70``: 70% for the final training (``final.share 0.7``);
 - ``champion``: the final phase trains the champion alone (``final.members: champion``);
+- ``champion-75``: the champion trains for at least 75% of the final phase, the other members
+  share the rest (``final.champion_share: 0.75``);
 - ``blocks``: the space also offers separable, residual and inverted blocks, squeeze-and-
   excitation and stride-2 convolutions (``space.block_types``, ``se_ratio``, ``pools``).
 
@@ -52,6 +54,7 @@ VARIANTS: dict[str, dict] = {
     "search-70": {"final": {"share": 0.3}},
     "final-70": {"final": {"share": 0.7}},
     "champion": {"final": {"members": "champion"}},
+    "champion-75": {"final": {"champion_share": 0.75}},
     # The efficient blocks (separable, residual, inverted, squeeze-and-excitation, stride-2).
     "blocks": {"space": dict(SpaceConfig.EFFICIENT)},
 }

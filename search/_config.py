@@ -642,6 +642,14 @@ class FinalSection:
         choices=SCHEDULES,
     )
     max_epochs: int = _opt(200, "Most epochs a network of the final phase trains.", lo=1)
+    champion_share: float = _opt(
+        0.0,
+        "Share of the final phase's time the champion trains for at least when other networks "
+        "train too (they share the rest, equal epochs each, never more than the champion's); "
+        "0: every network trains the same epochs.",
+        lo=0.0,
+        hi=0.95,
+    )
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ class FinalPlan:
     """Who is trained, for how many epochs, within which budget."""
 
     members: tuple[TrialRecord, ...]
-    epochs: int
+    epochs: int  # the champion's; the others train at most as many (see train_final)
     budget: float  # seconds
     estimate: float  # seconds the plan should take
     reason: str  # how the numbers were derived, in words
@@ -152,6 +152,7 @@ def plan_final(
     else:
         times = {r.number: _epoch_seconds(r, scale) for r in chosen}
         how = f"their search epochs x {scale:.2f} for the larger data"
+    share = run.cfg.final.champion_share
     while chosen:
         per_epoch = sum(times[r.number] for r in chosen)
         epochs = fitting_epochs(chosen, budget, times, limit)
@@ -160,9 +161,27 @@ def plan_final(
                 f"{len(chosen)} network(s) x {epochs} epoch(s) on {final_images:,} images: about "
                 f"{per_epoch:.1f} s an epoch for all of them ({how}), within {budget:.0f} s"
             )
+            estimate = per_epoch * epochs
+            champion, rest = chosen[0], chosen[1:]
+            more = fitting_epochs([champion], share * budget, times, limit) if rest else 0
+            left = budget - more * times[champion.number]
+            if more > epochs and fitting_epochs(rest, left, times, more) >= 1:
+                # The champion first: its epochs from its share, the others' from what is left
+                # (train_final gives them the epochs that fit the time left).
+                rest_epochs = fitting_epochs(rest, left, times, more)
+                epochs = more
+                estimate = more * times[champion.number] + rest_epochs * (
+                    per_epoch - times[champion.number]
+                )
+                reason = (
+                    f"the champion x {more} epoch(s) (final.champion_share {share:g}), then "
+                    f"{len(rest)} network(s) x {rest_epochs} epoch(s), on {final_images:,} "
+                    f"images: about {per_epoch:.1f} s an epoch for all of them ({how}), within "
+                    f"{budget:.0f} s"
+                )
             if epochs == limit:
                 reason += f" (final.max_epochs {limit})"
-            return FinalPlan(tuple(chosen), epochs, budget, per_epoch * epochs, reason, times)
+            return FinalPlan(tuple(chosen), epochs, budget, estimate, reason, times)
         chosen = chosen[:-1]  # the budget is short: fewer networks, the champion last to go
     return None
 

@@ -153,6 +153,21 @@ def test_a_plan_from_timed_epochs_uses_those_times(tmp_path) -> None:
     assert "timed on the final data" in plan.reason
 
 
+def test_a_champion_share_gives_the_champion_more_epochs_than_the_rest(tmp_path) -> None:
+    recs = records(
+        [trained(0, 1000, 0.80, 1.0), trained(1, 5000, 0.90, 2.0), trained(2, 20000, 0.95, 4.0)]
+    )
+    shared = prepare(load_config(write(tmp_path, "share", final={"champion_share": 0.8})))
+    n = len(shared.data.train_y)
+    plan = plan_final(shared, recs, budget=70.0, final_images=n)
+    # 0.8 x 70 s = 56 s at 4 s an epoch: 14 for the champion; 14 s left: 4 for the other two.
+    assert plan.members[0].number == 2 and plan.epochs == 14
+    assert plan.estimate == 14 * 4 + 4 * 3 <= plan.budget
+    assert "final.champion_share 0.8" in plan.reason
+    # Too short for the others after the champion's share: equal epochs, as without a share.
+    assert plan_final(shared, recs, budget=10.0, final_images=n).epochs == 1
+
+
 def test_the_probe_times_each_member_on_a_twelfth_of_the_final_data(tmp_path) -> None:
     run = prepare(load_config(write(tmp_path, "probe")))
     recs = records([trained(0, 1000, 0.80, 1.0), trained(1, 5000, 0.90, 2.0)])
