@@ -162,28 +162,41 @@ def plan_final(
                 f"{per_epoch:.1f} s an epoch for all of them ({how}), within {budget:.0f} s"
             )
             estimate = per_epoch * epochs
-            champion, rest = chosen[0], chosen[1:]
-            more = fitting_epochs([champion], share * budget, times, limit) if rest else 0
-            left = budget - more * times[champion.number]
-            if more > epochs and fitting_epochs(rest, left, times, more) >= 1:
-                # The champion first: its epochs from its share, the others' from what is left
-                # (train_final gives them the epochs that fit the time left).
-                rest_epochs = fitting_epochs(rest, left, times, more)
-                epochs = more
-                estimate = more * times[champion.number] + rest_epochs * (
-                    per_epoch - times[champion.number]
-                )
+            split = _champion_first(chosen, budget, times, limit, share, epochs)
+            if split is not None:
+                epochs, rest_epochs = split
+                champion = times[chosen[0].number]
+                estimate = epochs * champion + rest_epochs * (per_epoch - champion)
                 reason = (
-                    f"the champion x {more} epoch(s) (final.champion_share {share:g}), then "
-                    f"{len(rest)} network(s) x {rest_epochs} epoch(s), on {final_images:,} "
-                    f"images: about {per_epoch:.1f} s an epoch for all of them ({how}), within "
-                    f"{budget:.0f} s"
+                    f"the champion x {epochs} epoch(s) (final.champion_share {share:g}), then "
+                    f"{len(chosen) - 1} network(s) x {rest_epochs} epoch(s), on "
+                    f"{final_images:,} images: about {per_epoch:.1f} s an epoch for all of them "
+                    f"({how}), within {budget:.0f} s"
                 )
             if epochs == limit:
                 reason += f" (final.max_epochs {limit})"
             return FinalPlan(tuple(chosen), epochs, budget, estimate, reason, times)
         chosen = chosen[:-1]  # the budget is short: fewer networks, the champion last to go
     return None
+
+
+def _champion_first(
+    chosen: Sequence[TrialRecord],
+    budget: float,
+    times: Mapping[int, float],
+    limit: int,
+    share: float,
+    equal: int,
+) -> tuple[int, int] | None:
+    """The champion's epochs from ``share`` of the budget and the others' from what is left,
+    or None when that gives the champion no more than ``equal`` epochs or the others none
+    (train_final gives them the epochs that fit the time actually left)."""
+    if share <= 0 or len(chosen) < 2:
+        return None
+    champion, rest = chosen[0], chosen[1:]
+    epochs = fitting_epochs([champion], share * budget, times, limit)
+    rest_epochs = fitting_epochs(rest, budget - epochs * times[champion.number], times, epochs)
+    return (epochs, rest_epochs) if epochs > equal and rest_epochs >= 1 else None
 
 
 # A probe trains on 1/PROBE_FRACTION of the final data; it runs only when the final data has
