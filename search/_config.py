@@ -646,7 +646,8 @@ class FinalSection:
         0.0,
         "Share of the final phase's time the champion trains for at least when other networks "
         "train too (they share the rest, equal epochs each, never more than the champion's); "
-        "0: every network trains the same epochs.",
+        "0 (the default; 0.75 measured no better for the champion, worse for the rest): every "
+        "network trains the same epochs.",
         lo=0.0,
         hi=0.95,
     )
