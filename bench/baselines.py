@@ -18,7 +18,7 @@ Timings matter here: run it on an otherwise idle machine. Figures vary with the 
 verdict (dominated or not) much less.
 
     python bench/baselines.py --budget 600             # the CPU preset, 10 minutes: ~1 hour
-    python bench/baselines.py --budget 1800 --no-baselines   # the study alone, 30 minutes
+    python bench/baselines.py --budget 1800 --trials 400 --no-baselines   # 30 minutes
     python bench/baselines.py --budget 240 --device cuda --preset fashion-mnist-gpu
 """
 
@@ -67,13 +67,15 @@ BASELINES = {
 
 
 def run_study(
-    budget: float, project: Path, source: list[str], name: str
+    budget: float, project: Path, source: list[str], name: str, trials: int | None = None
 ) -> tuple[list[dict], float, str]:
-    """Runs the study as a user would (``source``: ``--preset NAME`` or ``--config FILE``);
-    returns its registered versions, its wall seconds and what it printed."""
+    """Runs the study as a user would (``source``: ``--preset NAME`` or ``--config FILE``;
+    ``trials``: ``--trials``, else the preset's); returns its registered versions, its wall
+    seconds and what it printed."""
     command = [
         sys.executable, "-m", "cnnas", "study", "start", *source, "--name", name,
         "--timeout", str(budget), "--project-dir", str(project), "--no-report",
+        *(["--trials", str(trials)] if trials else []),
     ]  # fmt: skip
     print("study:", " ".join(command[2:]), flush=True)
     start = time.perf_counter()
@@ -162,6 +164,12 @@ def main() -> None:
         "--budget", type=float, default=600, help="seconds T for the study and each baseline"
     )
     p.add_argument("--preset", default="fashion-mnist-cpu")
+    p.add_argument(
+        "--trials",
+        type=int,
+        help="the study's trial count (default: the preset's; a longer budget wants more, "
+        "or the search stops at the preset's count and the final phase gets the rest)",
+    )
     p.add_argument("--no-baselines", action="store_true", help="run the study only")
     p.add_argument("--no-study", action="store_true", help="train the baselines only")
     p.add_argument(
@@ -176,7 +184,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="cnnas-baselines-") as tmp:
             name = f"baselines-{int(args.budget)}"
             source = ["--preset", args.preset]
-            versions, study_seconds, _ = run_study(args.budget, Path(tmp) / "runs", source, name)
+            versions, study_seconds, _ = run_study(
+                args.budget, Path(tmp) / "runs", source, name, args.trials
+            )
     print(
         f"\nthe study's registered networks ({study_seconds:.0f} s for budget {args.budget:.0f} s):"
     )
