@@ -194,7 +194,11 @@ class Predictor:
                 np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_
             ):
                 raise ImageInputError(f"images must be numbers, got a {images.dtype} array")
-            x = torch.from_numpy(np.ascontiguousarray(images))
+            array = np.ascontiguousarray(images)
+            # A read-only array (np.asarray of a PIL image is one) would make torch warn that
+            # writing to it is undefined; nothing here writes, but a copy keeps the user's
+            # output clean and costs little next to the network.
+            x = torch.from_numpy(array if array.flags.writeable else array.copy())
         elif isinstance(images, torch.Tensor):
             x = images.detach()
         else:

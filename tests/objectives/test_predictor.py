@@ -80,6 +80,32 @@ def test_every_input_form_gives_the_same_probabilities(predictor, static, digits
     torch.testing.assert_close(one, want[3:4], rtol=0, atol=1e-6)
 
 
+def test_a_read_only_array_is_taken_without_a_warning() -> None:
+    """np.asarray of a PIL image is read-only; torch warns once a process about such arrays,
+    so the check runs in a fresh interpreter, where the first warning would show."""
+    import subprocess
+    import sys
+
+    script = """
+import warnings
+import numpy as np, torch
+from PIL import Image
+from cnnas.models import ArchSpec, ConvBlock, build
+from cnnas.objectives import Predictor
+net = build(ArchSpec((1, 8, 8), 10, (ConvBlock(4),), "gap")).eval()
+p = Predictor(net, [8.0], [4.0], [str(k) for k in range(10)])
+image = np.asarray(Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)))
+assert not image.flags.writeable
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    probs = p.predict_proba(image[None, None])
+assert probs.shape == (1, 10)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "not writable" not in done.stderr
+
+
 def test_predict_gives_probabilities_indices_and_class_names(predictor, static, digits) -> None:
     x = digits.test_x[:50]
     result = predictor.predict(x)
