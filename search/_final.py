@@ -348,23 +348,22 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
             pace = taken / max(planned, 1e-9)
             left = deadline - time.monotonic()
             rest = plan.members[i:]
-            epochs = min(
-                plan.epochs, fitting_epochs(rest, left, plan.epoch_seconds, plan.epochs, pace)
+            # At least one epoch each: every alias the registry will set keeps a network
+            # trained on the final data (at worst one epoch of each over the budget).
+            epochs = max(
+                min(plan.epochs, fitting_epochs(rest, left, plan.epoch_seconds, plan.epochs, pace)),
+                1,
             )
-            if epochs < 1:
-                line(
-                    f"  the {len(rest)} network(s) left: skipped, {max(left, 0):.0f} s left "
-                    f"cannot train one epoch of them (epochs take {pace:.2f}x the plan's estimate)"
-                )
-                break
             if epochs < plan.epochs:
                 line(
                     f"  the {len(rest)} network(s) left: {epochs} epoch(s) each, to fit the "
                     f"{left:.0f} s left (epochs take {pace:.2f}x the plan's estimate)"
                 )
         estimate = plan.epoch_seconds[r.number] * epochs
-        # A safety net: a network far slower than planned stops in time.
-        max_seconds = max(min(1.5 * estimate, deadline - time.monotonic()), 1.0)
+        # A safety net for a network far slower than planned, even at the pace measured so far
+        # (the re-planning above keeps the phase within its budget otherwise).
+        pace = taken / planned if planned else 1.0
+        max_seconds = max(1.5 * estimate * max(pace, 1.0), 1.0)
         line(f"  trial {r.number}: {r.spec.summary()}")
         started = time.monotonic()
         result = _train_one(run, r, data, epochs, max_seconds, line)

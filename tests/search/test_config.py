@@ -111,6 +111,7 @@ final:
   data: train
   schedule: onecycle
   max_epochs: 50
+  champion_share: 0.6
 latency:
   backend: onnxruntime
   threads: 2
@@ -222,7 +223,12 @@ def test_full_example_loads_every_key(tmp_path):
         se_ratio=(0.0, 0.25),
     )
     assert cfg.final == FinalSection(
-        share=0.3, members="champion", data="train", schedule="onecycle", max_epochs=50
+        share=0.3,
+        members="champion",
+        data="train",
+        schedule="onecycle",
+        max_epochs=50,
+        champion_share=0.6,
     )
     assert cfg.latency == LatencySection(
         backend="onnxruntime", threads=2, batch_size=16, budget=0.5
