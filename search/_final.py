@@ -340,20 +340,17 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
     planned = taken = 0.0  # seconds the networks trained so far were estimated at, and took
     for i, r in enumerate(plan.members):
         epochs = plan.epochs
+        pace = taken / planned if planned else 1.0  # seconds taken per second planned so far
         if i:
             # Testing and registering each network, and a machine whose load changes, are not
             # in the plan: the networks left get the epochs that fit the time left at the
             # pace measured so far, so the phase ends on time instead of cutting the last
-            # network's schedule short.
-            pace = taken / max(planned, 1e-9)
+            # network's schedule short. At least one epoch each: every alias the registry
+            # will set keeps a network trained on the final data (at worst one epoch of each
+            # over the budget).
             left = deadline - time.monotonic()
             rest = plan.members[i:]
-            # At least one epoch each: every alias the registry will set keeps a network
-            # trained on the final data (at worst one epoch of each over the budget).
-            epochs = max(
-                min(plan.epochs, fitting_epochs(rest, left, plan.epoch_seconds, plan.epochs, pace)),
-                1,
-            )
+            epochs = max(fitting_epochs(rest, left, plan.epoch_seconds, plan.epochs, pace), 1)
             if epochs < plan.epochs:
                 line(
                     f"  the {len(rest)} network(s) left: {epochs} epoch(s) each, to fit the "
@@ -362,7 +359,6 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
         estimate = plan.epoch_seconds[r.number] * epochs
         # A safety net for a network far slower than planned, even at the pace measured so far
         # (the re-planning above keeps the phase within its budget otherwise).
-        pace = taken / planned if planned else 1.0
         max_seconds = max(1.5 * estimate * max(pace, 1.0), 1.0)
         line(f"  trial {r.number}: {r.spec.summary()}")
         started = time.monotonic()
