@@ -315,9 +315,25 @@ def _inspect_store(path: Path) -> _Store:
     if path.stat().st_size == 0:
         return _Store("rebuild")
     try:
-        con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)
+        return _read_store(path, read_only=True)
+    except sqlite3.Error as e:
+        # A process killed in the middle of a write leaves a hot rollback journal; a read-only
+        # connection cannot roll it back and reports "attempt to write a readonly database".
+        # A writable one rolls it back under SQLite's own locks (as MLflow's next write would),
+        # which restores the store as it was before that write: recovery, not a change.
+        hot = path.with_name(f"{path.name}-journal").exists()
+        if not (isinstance(e, sqlite3.OperationalError) and "readonly" in str(e) and hot):
+            return _Store("damaged", problem=str(e))
+    try:
+        return _read_store(path, read_only=False)
     except sqlite3.Error as e:
         return _Store("damaged", problem=str(e))
+
+
+def _read_store(path: Path, *, read_only: bool) -> _Store:
+    """What ``path`` holds; raises sqlite3.Error where it cannot be read."""
+    mode = "ro" if read_only else "rw"  # rw never creates the file
+    con = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}", uri=True, timeout=30)
     try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         revision = None
@@ -335,8 +351,6 @@ def _inspect_store(path: Path) -> _Store:
             if "experiments" in tables
             else 0
         )
-    except sqlite3.Error as e:
-        return _Store("damaged", problem=str(e))
     finally:
         con.close()
     if revision == _head_revision() and {"runs", "experiments", "registered_models"} <= tables:

@@ -169,6 +169,45 @@ def test_a_store_killed_while_it_is_created_is_never_half_built(tmp_path, empty_
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]
 
 
+_KILLED_MID_WRITE = """
+import os, signal, sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+con.execute("PRAGMA cache_size = 10")  # a small page cache spills the write into the file
+con.execute("BEGIN IMMEDIATE")
+con.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, 'r')",
+                [(f"k{i}", "x" * 200) for i in range(5000)])
+con.execute("UPDATE experiments SET name = 'renamed' WHERE experiment_id = 0")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_killed_in_the_middle_of_a_write_is_rolled_back_and_used(
+    tmp_path, mlflow_db_template
+):
+    """SIGKILL during an MLflow write leaves a hot rollback journal beside mlflow.db. The next
+    start read it with a read-only connection, which cannot roll the journal back ("attempt to
+    write a readonly database"), and refused the store as damaged: exit 2 where the study should
+    have resumed (seen once in the SIGKILL test below). Now the journal is rolled back, the
+    half-done write vanishes, and the study runs."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    db = Path(shutil.copy(mlflow_db_template, runs / "mlflow.db"))
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(db)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert (runs / "mlflow.db-journal").stat().st_size > 0, "no hot journal: the test is moot"
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute("SELECT count(*) FROM tags")
+    study = run_study(prepare(load_config(write_config(tmp_path, "resumed", trials=1))))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+    with sqlite3.connect(db) as con:  # the killed write is gone, the study's runs are there
+        assert con.execute("SELECT count(*) FROM tags WHERE run_uuid = 'r'").fetchone() == (0,)
+        assert con.execute("SELECT name FROM experiments WHERE experiment_id = 0").fetchone() == (
+            "Default",
+        )
+    client = mlflow_client(tmp_path)
+    assert client.get_run(study.trials[0].user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+
 def test_a_half_built_store_of_an_older_cnnas_is_rebuilt(tmp_path, empty_cache):
     """What the old code left after a kill: some of MLflow's tables, no runs. Rebuilt, so the
     study runs (it crashed with 'table ... already exists')."""
