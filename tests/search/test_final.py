@@ -210,6 +210,28 @@ def test_a_slow_first_network_leaves_the_others_only_the_time_that_is_left(tmp_p
     assert set(final_runs(run.study)) == {0, 1}
 
 
+def test_networks_faster_than_planned_leave_the_others_more_epochs(tmp_path) -> None:
+    """A plan from search epochs far slower than the final ones (as in a study of two CPU
+    workers, whose epochs ran at one thread each): after the champion, the network left gets
+    the epochs that fit the time left at the pace measured, not the plan's few."""
+    run = prepare(load_config(write(tmp_path, "fast", final={"max_epochs": 12})))
+    run.open()
+    for t in (trained(0, 1000, 0.80, 1.0), trained(1, 5000, 0.90, 1.0)):
+        run.study.add_trial(t)  # 1 s a search epoch each; digits epochs take a few ms
+    calls: list[int] = []
+
+    def counted(spec, data, cfg, **kwargs):
+        calls.append(cfg.epochs)
+        return fit(spec, data, cfg, **kwargs)
+
+    run.trainer = counted
+    said: list[str] = []
+    done = train_final(run, budget=10.0, line=said.append)
+    assert calls[0] == 4, said  # the plan: 10 s // (2 networks x about 1.1 s) = 4 epochs
+    assert calls[1] > 4 and [f.epochs for f in done] == calls, (calls, said)
+    assert any(f"the 1 network(s) left: {calls[1]} epoch(s) each" in s for s in said), said
+
+
 def test_a_small_dataset_gets_defaults_of_its_size(tmp_path) -> None:
     cfg = load_config(write(tmp_path, "tiny"))
     sized = size_for(cfg, train_images=82, pool_images=103)
