@@ -126,7 +126,8 @@ def final_data(preset: str) -> tuple[ImageData, TrainConfig]:
 def train_baseline(
     name: str, spec: ArchSpec, data: ImageData, cfg: TrainConfig, budget: float
 ) -> dict:
-    epochs = max(int(budget / epoch_seconds(spec, data, cfg)), 1)
+    per_epoch = epoch_seconds(spec, data, cfg)
+    epochs = max(int(budget / per_epoch), 1)
     run_cfg = dataclasses.replace(cfg, epochs=epochs, max_seconds=budget)
     result = fit(spec, data, run_cfg, seed=0)
     _, acc = evaluate(result.model, data.test_x, data.test_y, data.mean, data.std)
@@ -136,6 +137,7 @@ def train_baseline(
         "macs": count_macs(spec),
         "epochs": result.epochs,
         "planned_epochs": epochs,
+        "epoch_seconds": per_epoch,  # the probe's: the machine's speed, for --baselines-from
         "seconds": result.seconds,
         "test_acc": acc,
         "arch": spec.summary(),
@@ -146,6 +148,22 @@ def train_baseline(
         flush=True,
     )
     return row
+
+
+def speed_check(rows: list[dict], preset: str) -> None:
+    """Baselines from another run are a fair comparison only on a machine of the same speed:
+    times a GAP CNN epoch now against the same probe of that run and prints the ratio (a study
+    on a machine 1.5x slower trains two thirds of the networks and epochs its baselines did)."""
+    then = next((r.get("epoch_seconds") for r in rows if r["name"] == "GAP CNN"), None)
+    if not then:
+        print("  (no GAP CNN epoch time in that file: the machines' speeds are not compared)")
+        return
+    data, cfg = final_data(preset)
+    now = epoch_seconds(gap_cnn(data.input_shape, data.num_classes), data, cfg)
+    print(
+        f"  machine speed: a GAP CNN epoch takes {now:.1f} s now, {then:.1f} s in that run "
+        f"({then / now:.2f}x its speed; a fair comparison wants about 1)"
+    )
 
 
 def dominated(baseline: dict, versions: list[dict]) -> dict | None:
@@ -202,6 +220,7 @@ def main() -> None:
         print(f"\nbaselines from {args.baselines_from} (trained for its budget):")
         for row in rows:
             print(f"  {row['name']:<16} {row['params']:>8,} params  test {row['test_acc']:.4f}")
+        speed_check(rows, args.preset)
     elif not args.no_baselines:
         data, cfg = final_data(args.preset)
         print(

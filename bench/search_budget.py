@@ -20,14 +20,16 @@ The variants:
 - ``champion-75``: the champion trains for at least 75% of the final phase, the other members
   share the rest (``final.champion_share: 0.75``);
 - ``blocks``: the space also offers separable, residual and inverted blocks, squeeze-and-
-  excitation and stride-2 convolutions (``space.block_types``, ``se_ratio``, ``pools``).
+  excitation and stride-2 convolutions (``space.block_types``, ``se_ratio``, ``pools``);
+- ``workers-2``: the search runs in two worker processes of one CPU thread each
+  (``--workers 2``): small networks use two threads poorly, so two at a time train more.
 
 With ``--baselines-from FILE`` (written by ``bench/baselines.py --out``) each variant's line also
 says how many of those baselines its registered networks dominate.
 
 Wall-time budgets make this depend on the machine's load: run it on an idle machine.
 
-    python bench/search_budget.py                 # T = 600 s, five variants: ~50 minutes
+    python bench/search_budget.py                 # T = 600 s, every variant: ~100 minutes
     python bench/search_budget.py --budget 300 --variants preset,short
 """
 
@@ -57,7 +59,10 @@ VARIANTS: dict[str, dict] = {
     "champion-75": {"final": {"champion_share": 0.75}},
     # The efficient blocks (separable, residual, inverted, squeeze-and-excitation, stride-2).
     "blocks": {"space": dict(SpaceConfig.EFFICIENT)},
+    "workers-2": {},  # the preset, with VARIANT_ARGS below
 }
+# Command-line options of a variant (those that are no config keys).
+VARIANT_ARGS: dict[str, list[str]] = {"workers-2": ["--workers", "2"]}
 REF_LOG_PARAMS = 7.0  # 10 million parameters: the hypervolume's far end
 
 
@@ -100,7 +105,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="cnnas-budget-") as tmp:
             config = variant_config(name, Path(tmp))
             versions, seconds, out = run_study(
-                args.budget, Path(tmp) / "runs", ["--config", str(config)], f"budget-{name}"
+                args.budget,
+                Path(tmp) / "runs",
+                ["--config", str(config), *VARIANT_ARGS.get(name, [])],
+                f"budget-{name}",
             )
         trials = next((ln for ln in out.splitlines() if "Pareto front of study" in ln), "")
         points = [(v["test_acc"], math.log10(max(v["params"], 1))) for v in versions]
