@@ -22,7 +22,8 @@ The variants:
 - ``blocks``: the space also offers separable, residual and inverted blocks, squeeze-and-
   excitation and stride-2 convolutions (``space.block_types``, ``se_ratio``, ``pools``);
 - ``workers-2``: the search runs in two worker processes of one CPU thread each
-  (``--workers 2``): small networks use two threads poorly, so two at a time train more.
+  (``--workers 2``): two processes of one thread train more epochs a second than one of two,
+  but measured here they completed fewer trials (docs/benchmarks.md).
 
 With ``--baselines-from FILE`` (written by ``bench/baselines.py --out``) each variant's line also
 says how many of those baselines its registered networks dominate.

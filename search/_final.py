@@ -76,7 +76,7 @@ class FinalPlan:
     """Who is trained, for how many epochs, within which budget."""
 
     members: tuple[TrialRecord, ...]
-    epochs: int  # the champion's; the others train at most as many (see train_final)
+    epochs: int  # the champion's; train_final re-plans the others into the time left
     budget: float  # seconds
     estimate: float  # seconds the plan should take
     reason: str  # how the numbers were derived, in words
@@ -347,10 +347,9 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
             # pace measured so far, so the phase ends on time instead of cutting the last
             # network's schedule short. At least one epoch each: every alias the registry
             # will set keeps a network trained on the final data (at worst one epoch of each
-            # over the budget).
-            # Faster than planned, they get the epochs the time left allows (up to
-            # final.max_epochs): a plan from the search's epochs alone can be far off (2
-            # epochs planned, 46% of the phase used, in a study of two CPU workers).
+            # over the budget). Faster than planned, they get the epochs the time left allows
+            # (up to final.max_epochs): a plan from the search's epochs alone can be far off
+            # (2 epochs planned, 46% of the phase used, in a study of two CPU workers).
             left = deadline - time.monotonic()
             rest = plan.members[i:]
             limit = run.cfg.final.max_epochs
