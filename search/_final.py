@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +37,10 @@ __all__ = [
     "final_runs",
     "fitting_epochs",
     "kendall_tau",
+    "kept_runs",
     "plan_final",
     "probe_epochs",
+    "searched_before",
     "train_final",
 ]
 
@@ -136,12 +138,15 @@ def plan_final(
     budget: float,
     final_images: int,
     measured: Mapping[int, float] | None = None,
+    keep: Collection[int] = (),
 ) -> FinalPlan | None:
     """The plan that fits ``budget`` seconds, or None when not one epoch of the champion fits.
 
     ``measured``: each member's seconds per epoch on the final data, timed (``probe_epochs``);
-    without it, its search epochs scaled to the larger data."""
-    chosen = final_members(recs, run)
+    without it, its search epochs scaled to the larger data. ``keep``: the trial numbers of
+    members trained already (``kept_runs``), left out of the plan."""
+    members_ = final_members(recs, run)
+    chosen = [r for r in members_ if r.number not in keep]
     if not chosen or budget <= 0:
         return None
     scale = final_images / max(len(run.data.train_y), 1)
@@ -152,7 +157,8 @@ def plan_final(
     else:
         times = {r.number: _epoch_seconds(r, scale) for r in chosen}
         how = f"their search epochs x {scale:.2f} for the larger data"
-    share = run.cfg.final.champion_share
+    # The champion's larger share only while the champion is still to train.
+    share = run.cfg.final.champion_share if chosen[0] is members_[0] else 0.0
     while chosen:
         per_epoch = sum(times[r.number] for r in chosen)
         epochs = fitting_epochs(chosen, budget, times, limit)
@@ -320,8 +326,15 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
     """Trains the members that fit ``budget`` seconds and records them on the study."""
     deadline = time.monotonic() + budget
     recs = run.records()
+    chosen = final_members(recs, run)
+    kept = kept_runs(run, chosen)
+    for f in kept.values():
+        line(
+            f"final training: trial {f.trial} kept from an earlier run of this study (test "
+            f"accuracy {f.test_acc:.4f} after {f.epochs} epoch(s) on {f.data})"
+        )
     data = final_data(run)
-    plan = plan_final(run, recs, budget, len(data.train_y))
+    plan = plan_final(run, recs, budget, len(data.train_y), keep=kept)
     batch = run.cfg.train.batch_size
     if (
         plan is not None
@@ -330,13 +343,18 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
     ):
         line(f"final training: timing an epoch of each of {len(plan.members)} network(s)")
         measured = probe_epochs(run, plan.members, data)
-        plan = plan_final(run, recs, deadline - time.monotonic(), len(data.train_y), measured)
+        plan = plan_final(
+            run, recs, deadline - time.monotonic(), len(data.train_y), measured, keep=kept
+        )
     if plan is None:
-        line(f"final training: skipped, {budget:.0f} s cannot train one epoch of the champion")
-        return []
+        todo = [r for r in chosen if r.number not in kept]
+        if todo:
+            who = "the champion" if todo[0] is chosen[0] else f"trial {todo[0].number}"
+            line(f"final training: skipped, {budget:.0f} s cannot train one epoch of {who}")
+        return list(kept.values())
     line(f"final training: {plan.reason}")
     done = final_runs(run.study)
-    out: list[FinalRun] = []
+    out: list[FinalRun] = list(kept.values())
     planned = taken = 0.0  # seconds the networks trained so far were estimated at, and took
     for i, r in enumerate(plan.members):
         epochs = plan.epochs
@@ -406,10 +424,17 @@ def kendall_tau(pairs: Sequence[tuple[float, float]]) -> float | None:
     return (concordant - discordant) / denom if denom else None
 
 
-def final_budget(run: StudyRun, started: float, search_seconds: float) -> float:
+def final_budget(
+    run: StudyRun, started: float, search_seconds: float, *, began: float | None = None
+) -> float:
     """Seconds left for the final phase: what remains of ``study.timeout`` (minus a reserve
     for registering and reporting), or, without a timeout, ``final.share`` of the whole time
-    in the ratio the search took (share / (1 - share) x the search's seconds)."""
+    in the ratio the search took (share / (1 - share) x the search's seconds).
+
+    Without a timeout the search's seconds are the whole study's: this run's, and, with
+    ``began`` (this run's ``time.time()`` at its start), those of the runs before it, so that a
+    study resumed after its search ended still earns its final phase. The seconds its kept
+    networks took (``kept_runs``) are spent already."""
     share = run.cfg.final.share
     if share <= 0:
         return 0.0
@@ -417,4 +442,38 @@ def final_budget(run: StudyRun, started: float, search_seconds: float) -> float:
     if timeout is not None:
         reserve = min(RESERVE_SECONDS, 0.1 * timeout)
         return max(timeout - (time.monotonic() - started) - reserve, 0.0)
-    return share / (1.0 - share) * search_seconds
+    if began is not None:
+        search_seconds += searched_before(run.study.get_trials(deepcopy=False), began)
+    kept = kept_runs(run, final_members(run.records(), run))
+    return max(share / (1.0 - share) * search_seconds - sum(f.seconds for f in kept.values()), 0.0)
+
+
+def searched_before(trials: Sequence[Any], before: float) -> float:
+    """Wall seconds the study searched before ``before`` (a ``time.time()``): the union of the
+    spans of its finished trials that started earlier. A union, not a sum: parallel workers'
+    trials overlap; and the time between two runs of the study is in no trial."""
+    spans = sorted(
+        (t.datetime_start.timestamp(), t.datetime_complete.timestamp())
+        for t in trials
+        if t.datetime_start is not None
+        and t.datetime_complete is not None
+        and t.datetime_start.timestamp() < before
+    )
+    total, end = 0.0, -math.inf
+    for start, stop in spans:
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def kept_runs(run: StudyRun, chosen: Sequence[TrialRecord]) -> dict[int, FinalRun]:
+    """The members of ``chosen`` that an earlier run of this study's final phase trained on the
+    same data (``final.data``): a resumed or repeated phase keeps them instead of training them
+    again (a trial's architecture and seed are fixed, so it would train the same network)."""
+    done = final_runs(run.study)
+    return {
+        r.number: done[r.number]
+        for r in chosen
+        if r.number in done and done[r.number].data == run.cfg.final.data
+    }

@@ -187,12 +187,15 @@ def cmd_study_start(args: argparse.Namespace) -> int:
     )
     failing = None
     searched = time.monotonic()
+    began = time.time()  # trials that started earlier are earlier runs' (their search time)
     before = run.finished_count()
     try:
         if not _run_in_workers(run, args, out):
             run_study(run, on_trial=progress.trial, on_epoch=progress.epoch)
         _trials_run(run, before, time.monotonic() - searched, out)
-        _final_phase(run, started, time.monotonic() - searched, out, verbose=progress.verbose)
+        _final_phase(
+            run, started, time.monotonic() - searched, began, out, verbose=progress.verbose
+        )
     except StudyFailing as e:
         failing = e
     except KeyboardInterrupt:
@@ -232,12 +235,12 @@ def _trials_run(run: StudyRun, before: int, seconds: float, out: TextIO) -> None
 
 
 def _final_phase(
-    run: StudyRun, started: float, searched: float, out: TextIO, *, verbose: bool
+    run: StudyRun, started: float, searched: float, began: float, out: TextIO, *, verbose: bool
 ) -> None:
     """The handed-over networks trained at full fidelity, in what is left of the budget."""
-    budget = final_budget(run, started, searched)
-    if budget <= 0:
+    if run.cfg.final.share <= 0:
         return
+    budget = final_budget(run, started, searched, began=began)
     print("", file=out)
 
     def line(text: str) -> None:

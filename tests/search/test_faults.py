@@ -31,6 +31,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from cnnas.search import StudyConfig, cli, load_config, prepare, run_study
+from cnnas.search._final import FINAL_ATTR, final_runs
 from cnnas.search._records import COUNTED_STATES, counted_trials, records
 from cnnas.search._storage import open_storage
 from cnnas.search.errors import StudyMismatch
@@ -399,6 +400,43 @@ def test_a_resumed_study_proposes_new_architectures_and_reaches_its_total(tmp_pa
     first, resumed = trials[:3], trials[3:]
     assert all("duplicate_of" not in t.user_attrs for t in resumed)
     assert all(r.params != f.params for r, f in zip(resumed, first, strict=True))
+
+
+def test_a_study_killed_in_its_final_phase_trains_it_when_resumed(tmp_path):
+    """Without study.timeout the final phase's budget is final.share of the study's search
+    time. Before: of this run's search time, which is none on a resume after the search ended,
+    so the resumed study skipped its final phase and registered the search's networks."""
+    config = write_config(tmp_path, "final", trials=4)
+    data = yaml.safe_load(config.read_text())
+    data["train"]["epochs"] = 2
+    data["registry"]["register"] = True
+    # 0.9: a final phase nine times the search's length, so the kill lands inside it.
+    data["final"] = {"share": 0.9, "members": "champion", "max_epochs": 500}
+    config.write_text(yaml.safe_dump(data))
+    argv = ("study", "start", "--config", str(config), "--no-report")
+    first = Cnnas(*argv, "-v", cwd=tmp_path)  # -v: the final phase's epochs are printed
+    assert first.wait_for(r"trial \d+ epoch +\d+/"), first.output
+    first.kill()
+    study = journal_study(tmp_path, "final")
+    assert FINAL_ATTR not in study.user_attrs, first.output  # killed before it finished
+
+    second = Cnnas(*argv, cwd=tmp_path)
+    assert second.finish() == 0, second.output
+    assert "ran 4 of 4 planned trials" in second.output and "0 in this run" in second.output
+    assert "skipped" not in second.output, second.output
+    (f,) = final_runs(journal_study(tmp_path, "final")).values()
+    assert f.epochs > 2, second.output  # trained for the budget the earlier search earned
+    client = mlflow_client(tmp_path)
+    (v,) = client.search_model_versions("name = 'cnnas-final'")
+    assert v.run_id == f.run_id and v.tags["cnnas.refit"] == "final"
+
+    # The same command once more: the network is kept, not trained a third time.
+    third = Cnnas(*argv, cwd=tmp_path)
+    assert third.finish() == 0, third.output
+    assert f"trial {f.trial} kept from an earlier run" in third.output, third.output
+    finals = [r for r in all_runs(client) if r.data.tags.get("cnnas.role") == "final"]
+    assert len(finals) == 2  # the killed one and the one kept
+    assert [r.info.status for r in finals if r.info.run_id != f.run_id] == ["KILLED"]
 
 
 # --- Ctrl-C twice -----------------------------------------------------------------------------

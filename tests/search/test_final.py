@@ -8,7 +8,9 @@ import contextlib
 import io
 import json
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -27,6 +29,7 @@ from cnnas.search._final import (
     kendall_tau,
     plan_final,
     probe_epochs,
+    searched_before,
     train_final,
 )
 from cnnas.search._records import records
@@ -230,6 +233,62 @@ def test_networks_faster_than_planned_leave_the_others_more_epochs(tmp_path) -> 
     assert calls[0] == 4, said  # the plan: 10 s // (2 networks x about 1.1 s) = 4 epochs
     assert calls[1] > 4 and [f.epochs for f in done] == calls, (calls, said)
     assert any(f"the 1 network(s) left: {calls[1]} epoch(s) each" in s for s in said), said
+
+
+def test_a_second_final_phase_keeps_the_networks_the_first_trained(tmp_path) -> None:
+    """A resumed (or repeated) final phase trains only the members no earlier run trained on
+    the same data: the champion's record here is kept, the other network is trained."""
+    run = prepare(load_config(write(tmp_path, "keep", final={"max_epochs": 2})))
+    run.open()
+    for t in (trained(0, 1000, 0.80, 0.01), trained(1, 5000, 0.90, 0.02)):
+        run.study.add_trial(t)
+    calls: list[int] = []
+
+    def counted(spec, data, cfg, **kwargs):
+        calls.append(spec.blocks[0].filters)
+        return fit(spec, data, cfg, **kwargs)
+
+    run.trainer = counted
+    first = train_final(run, budget=30.0, line=lambda _: None)
+    assert [f.trial for f in first] == [1, 0] and len(calls) == 2
+    champion = final_runs(run.study)[1]
+    # An earlier run that was killed after the champion: only its record is on the study.
+    run.study.set_user_attr("final_runs", {"1": champion.to_dict()})
+    said: list[str] = []
+    second = train_final(run, budget=30.0, line=said.append)
+    assert len(calls) == 3  # trial 0 alone was trained again
+    assert [f.trial for f in second] == [1, 0] and second[0] == champion
+    assert any("trial 1 kept from an earlier run" in s for s in said), said
+    assert set(final_runs(run.study)) == {0, 1}
+    # Everything trained: a third phase trains nothing, and says why not.
+    said.clear()
+    assert [f.trial for f in train_final(run, budget=30.0, line=said.append)] == [1, 0]
+    assert len(calls) == 3 and not any("skipped" in s for s in said), said
+    # Trained on other data (final.data changed): not kept.
+    other = prepare(load_config(write(tmp_path, "keep", final={"max_epochs": 2, "data": "train"})))
+    other.open()
+    other.trainer = counted
+    train_final(other, budget=30.0, line=lambda _: None)
+    assert len(calls) == 5
+
+
+def test_searched_before_is_the_union_of_the_earlier_trials_spans() -> None:
+    t0 = datetime(2026, 12, 2, 10, 0, tzinfo=timezone.utc)
+
+    def span(start: float, stop: float | None) -> SimpleNamespace:
+        end = None if stop is None else t0 + timedelta(seconds=stop)
+        return SimpleNamespace(datetime_start=t0 + timedelta(seconds=start), datetime_complete=end)
+
+    trials = [
+        span(0, 10),  # one run: 0-10 s, two workers overlapping from 5 s to 12 s
+        span(5, 12),
+        span(100, 130),  # a later run, after a pause the spans leave out
+        span(120, None),  # killed while running: no end, not counted
+        span(500, 560),  # this run's: started after `before`
+    ]
+    before = (t0 + timedelta(seconds=400)).timestamp()
+    assert searched_before(trials, before) == pytest.approx(12 + 30)
+    assert searched_before(trials, t0.timestamp()) == 0.0
 
 
 def test_a_small_dataset_gets_defaults_of_its_size(tmp_path) -> None:
