@@ -410,8 +410,8 @@ def test_a_study_killed_in_its_final_phase_trains_it_when_resumed(tmp_path):
     data = yaml.safe_load(config.read_text())
     data["train"]["epochs"] = 2
     data["registry"]["register"] = True
-    # 0.9: a final phase nine times the search's length, so the kill lands inside it.
-    data["final"] = {"share": 0.9, "members": "champion", "max_epochs": 500}
+    # 0.75: a final phase three times the search's length, so the kill lands inside it.
+    data["final"] = {"share": 0.75, "members": "champion", "max_epochs": 500}
     config.write_text(yaml.safe_dump(data))
     argv = ("study", "start", "--config", str(config), "--no-report")
     first = Cnnas(*argv, "-v", cwd=tmp_path)  # -v: the final phase's epochs are printed
