@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -159,8 +160,13 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     def wait_for_job(self, job: str, timeout: float = 900) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if not self.run("squeue", "-h", "-j", job).strip():
+            queued = self.run("squeue", "-h", "-j", job, "-o", "%i %T %r").strip()
+            if not queued:
                 return
+            # A task whose launch failed is requeued and held: it would wait out the timeout.
+            if "launch failed" in queued:
+                logs = "\n".join(p.read_text()[-1500:] for p in (self.root / "log").glob("*.log"))
+                raise AssertionError(f"job {job} could not be launched:\n{queued}\n{logs}")
             time.sleep(1)
         raise AssertionError(f"job {job} still queued or running after {timeout} s")
 
@@ -202,13 +208,18 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def cluster(tmp_path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "slurm")
+def cluster() -> Iterator[Cluster]:
+    # Not under tmp_path: slurmstepd makes Unix sockets in the spool folder, and a socket's path
+    # may not exceed 108 bytes, which pytest's deeper tmp_path (pytest-xdist's popen-gwN level,
+    # a long test name) can pass.
+    root = Path(tempfile.mkdtemp(prefix="cnnas-slurm-", dir="/tmp"))
+    c = Cluster(root / "slurm")
     try:
         c.start()
         yield c
     finally:
         c.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
