@@ -45,7 +45,7 @@ def test_dashboard_shows_a_study_while_it_runs(tmp_path: Path) -> None:
     config.write_text(
         yaml.safe_dump(
             {
-                "study": {"name": "live", "trials": 12, "project_dir": str(tmp_path / "runs")},
+                "study": {"name": "live", "trials": 6, "project_dir": str(tmp_path / "runs")},
                 "data": {"dataset": "digits"},
                 "train": {"epochs": 4, "batch_size": 32},
                 "space": {
@@ -85,7 +85,7 @@ def test_dashboard_shows_a_study_while_it_runs(tmp_path: Path) -> None:
         assert seen_live, "the dashboard never showed a finished trial while the study ran"
         assert study.wait(timeout=300) == 0, study.stdout.read()
         final = get_json(f"http://127.0.0.1:{port}/api/studies/0?after=0")
-        assert len(final["trials"]) == 12
+        assert len(final["trials"]) == 6
         assert final["objective_names"] == ["val_acc", "params"]
     finally:
         for p in (study, dashboard):
