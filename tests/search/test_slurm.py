@@ -145,6 +145,10 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             raise AssertionError(f"{' '.join(argv)}: exit {done.returncode}\n{done.stderr}")
         return done.stdout
 
+    def logs(self) -> str:
+        """The tail of each daemon's log, for a failure message."""
+        return "\n".join(p.read_text()[-1500:] for p in (self.root / "log").glob("*.log"))
+
     def _wait_idle(self, timeout: float = 60) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -154,8 +158,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             except AssertionError:
                 pass
             time.sleep(0.5)
-        logs = "\n".join(p.read_text()[-1500:] for p in (self.root / "log").glob("*.log"))
-        raise AssertionError(f"the SLURM node never became idle:\n{logs}")
+        raise AssertionError(f"the SLURM node never became idle:\n{self.logs()}")
 
     def wait_for_job(self, job: str, timeout: float = 900) -> None:
         end = time.monotonic() + timeout
@@ -165,8 +168,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 return
             # A task whose launch failed is requeued and held: it would wait out the timeout.
             if "launch failed" in queued:
-                logs = "\n".join(p.read_text()[-1500:] for p in (self.root / "log").glob("*.log"))
-                raise AssertionError(f"job {job} could not be launched:\n{queued}\n{logs}")
+                raise AssertionError(f"job {job} could not be launched:\n{queued}\n{self.logs()}")
             time.sleep(1)
         raise AssertionError(f"job {job} still queued or running after {timeout} s")
 
