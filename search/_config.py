@@ -127,6 +127,12 @@ class StudySection:
         "Budget: architectures with more MACs per image are rejected before training.",
         lo=1,
     )
+    start_from: tuple[dict[str, Any], ...] | None = _opt(
+        None,
+        "Architectures a new study tries first, before the sampler proposes: a list of mappings "
+        "of trial parameters, named as the dashboard and cnnas pareto name them ({blocks: 3, "
+        "base_filters: 16, ...}); a parameter left out is sampled. null: none.",
+    )
     max_failures: int = _opt(
         3, "Stop the study after this many failed trials in a row.", lo=1, hi=1000
     )
@@ -807,17 +813,49 @@ def _check(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> Any:
             )
         return _check(value, options[0], key, meta)
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {_shown(value)}")
-        if not value:
-            raise ConfigError(f"{key}: needs at least one value")
-        out = tuple(_check(v, args[0], f"{key}[{i}]", meta) for i, v in enumerate(value))
-        if len(set(out)) != len(out):
-            raise ConfigError(f"{key}: repeated values in {_shown(list(value))}")
-        return out
+        return _check_list(value, args[0], key, meta)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
+    if origin is dict:
+        return _check_params(value, key)
     return _check_scalar(value, tp, key, meta)
+
+
+def _check_list(value: Any, tp: Any, key: str, meta: dict[str, Any]) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {_shown(value)}")
+    if not value:
+        raise ConfigError(f"{key}: needs at least one value")
+    out = tuple(_check(v, tp, f"{key}[{i}]", meta) for i, v in enumerate(value))
+    # Mappings are not hashable: two are the same when their JSON is.
+    seen = [json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in out]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(f"{key}: repeated values in {_shown(list(value))}")
+    return out
+
+
+def _check_params(value: Any, key: str) -> dict[str, Any]:
+    """A mapping of trial parameters: names to plain values (whether the space offers them is
+    checked once the dataset is known, see ``_space.check_start_from``)."""
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{key}: expected a mapping of trial parameters ({{name: value}}), got {_shown(value)}"
+        )
+    if not value:
+        raise ConfigError(f"{key}: needs at least one parameter")
+    out = {}
+    for name, v in value.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"{key}: a parameter name must be a string, got {_shown(name)}")
+        where = f"{key}.{_key_shown(name)}"
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{where}: expected a finite number, got {v!r}")
+        if not isinstance(v, (bool, int, float, str)):
+            raise ConfigError(
+                f"{where}: expected a number, a string or true/false, got {_shown(v)}"
+            )
+        out[name] = v
+    return out
 
 
 def _check_range(value: dict, cls: type, key: str, meta: dict[str, Any]) -> Any:

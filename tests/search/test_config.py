@@ -28,6 +28,7 @@ from cnnas.search._config import (
     load_mlflow_config,
     load_preset,
     preset_names,
+    to_yaml,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +46,9 @@ study:
   storage: sqlite:///optuna.db
   max_params: 100000
   max_macs: 5000000
+  start_from:
+    - {blocks: 2, base_filters: 16, batch_norm: true}
+    - {blocks: 1, block_dropout: 0.25, pool_0: avg}
   max_failures: 5
   heartbeat_interval: 30
   grace_period: 90
@@ -160,6 +164,10 @@ def test_full_example_loads_every_key(tmp_path):
         storage="sqlite:///optuna.db",
         max_params=100000,
         max_macs=5000000,
+        start_from=(
+            {"blocks": 2, "base_filters": 16, "batch_norm": True},
+            {"blocks": 1, "block_dropout": 0.25, "pool_0": "avg"},
+        ),
         max_failures=5,
         heartbeat_interval=30,
         grace_period=90,
@@ -797,6 +805,31 @@ def test_to_dict_round_trips_through_replace():
     # Ranges come out as the mappings a file holds, and go back in.
     assert d["space"]["blocks"] == {"min": 1, "max": 6}
     assert cfg.replace("space", **d["space"]) == cfg
+
+
+def test_start_from_round_trips_through_json_and_yaml(tmp_path):
+    cfg = load_config(write(tmp_path, FULL_EXAMPLE))
+    stored = cfg.to_json_dict()  # what a study keeps, and later commands rebuild it from
+    assert stored["study"]["start_from"][1] == {"blocks": 1, "block_dropout": 0.25, "pool_0": "avg"}
+    assert StudyConfig.from_dict(stored) == cfg
+    assert load_config(write(tmp_path, to_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{blocks: 2}", "study.start_from: expected a list"),
+        ("[3]", r"study.start_from\[0\]: expected a mapping of trial parameters"),
+        ("[{}]", r"study.start_from\[0\]: needs at least one parameter"),
+        ("[{blocks: [2]}]", r"study.start_from\[0\].blocks: expected a number, a string"),
+        ("[{blocks: .nan}]", r"study.start_from\[0\].blocks: expected a finite number"),
+        ("[{1: 2}]", r"study.start_from\[0\]: a parameter name must be a string, got 1"),
+        ("[{blocks: 2}, {blocks: 2}]", "study.start_from: repeated values"),
+    ],
+)
+def test_start_from_refuses_what_is_no_list_of_parameters(tmp_path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, f"study:\n  start_from: {value}\n"))
 
 
 @pytest.mark.parametrize("preset", SPACE_PRESETS)
