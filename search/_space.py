@@ -12,20 +12,30 @@ than sampled, so the sampler never models a parameter that cannot matter.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
-from cnnas.models import ArchSpec, ConvBlock, DenseLayer
+from cnnas.models import ArchSpec, ConvBlock, DenseLayer, count_macs, count_params
 
 from ._config import FloatDim, FloatRange, IntDim, IntRange, SpaceConfig
+from .errors import ConfigError
 
 __all__ = [
     "DROPOUT_STEP",
     "MIN_POOL_SIZE",
     "SE_STEP",
     "THRESHOLD_STEP",
+    "check_start_from",
     "max_pools",
     "suggest_augment",
     "suggest_spec",
@@ -202,3 +212,119 @@ def suggest_spec(
 def suggest_augment(trial: optuna.Trial, space: SpaceConfig) -> bool:
     """Whether this trial trains with augmentation (seed 002: "augmentation on/off")."""
     return bool(_cat(trial, "augment", space.augment))
+
+
+# --- architectures a study starts from ------------------------------------------------------------
+
+
+def _offered(dist: BaseDistribution, value: Any) -> bool:
+    """Whether the space can propose ``value`` for a parameter of ``dist`` (Optuna itself would
+    take an enqueued value it does not offer, with only a warning)."""
+    if isinstance(dist, CategoricalDistribution):
+        # type() as well: True == 1, but `convs: true` is a mistake, not one conv.
+        return any(type(value) is type(c) and value == c for c in dist.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    low, high, step = dist.low, dist.high, dist.step  # type: ignore[attr-defined]
+    if isinstance(dist, IntDistribution) and not isinstance(value, int):
+        return False
+    if not low <= value <= high:
+        return False
+    return step is None or abs((value - low) / step - round((value - low) / step)) < 1e-6
+
+
+def _value_text(value: Any) -> str:
+    """A value as the YAML file spells it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _allowed_text(dist: BaseDistribution) -> str:
+    if isinstance(dist, CategoricalDistribution):
+        return "one of " + ", ".join(
+            _value_text(c) if isinstance(c, bool) else str(c) for c in dist.choices
+        )
+    step = dist.step  # type: ignore[attr-defined]
+    grid = f" in steps of {step}" if step not in (None, 1) else ""
+    return f"from {dist.low} to {dist.high}{grid}"  # type: ignore[attr-defined]
+
+
+class _Checked:
+    """A trial that checks a point's values as the space asks for them: Optuna would take an
+    enqueued number it does not offer (with only a warning) and fail on a category with a bare
+    ValueError, neither of which names the option."""
+
+    def __init__(self, trial: optuna.Trial, point: Mapping[str, Any], key: str) -> None:
+        self._trial, self._point, self._key = trial, point, key
+
+    def _check(self, name: str, dist: BaseDistribution) -> None:
+        if name in self._point and not _offered(dist, self._point[name]):
+            raise ConfigError(
+                f"{self._key}.{name}: {_value_text(self._point[name])} is not offered by the "
+                f"space; allowed: {_allowed_text(dist)}"
+            )
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        self._check(name, CategoricalDistribution(list(choices)))
+        return self._trial.suggest_categorical(name, list(choices))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False):
+        self._check(name, IntDistribution(low, high, step=step, log=log))
+        return self._trial.suggest_int(name, low, high, step=step, log=log)
+
+    def suggest_float(self, name: str, low: float, high: float, *, step=None, log: bool = False):
+        self._check(name, FloatDistribution(low, high, step=step, log=log))
+        return self._trial.suggest_float(name, low, high, step=step, log=log)
+
+    @property
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return self._trial.distributions
+
+
+def check_start_from(
+    points: Sequence[Mapping[str, Any]],
+    space: SpaceConfig,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    max_params: int | None = None,
+    max_macs: int | None = None,
+) -> None:
+    """Checks ``study.start_from`` against the space on this dataset: every parameter a point
+    names must be one this architecture samples, with a value the space offers, and a point
+    that fixes the whole architecture must fit the study's budgets. Raises ConfigError."""
+    for i, point in enumerate(points):
+        key = f"study.start_from[{i}]"
+        # Replayed as the study will: enqueued in a throwaway study, the rest drawn at random.
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=i))
+        study.enqueue_trial(dict(point))
+        trial = _Checked(study.ask(), point, key)
+        with warnings.catch_warnings():
+            # Optuna warns of a value outside the space; _Checked has refused it already.
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                spec = suggest_spec(trial, space, input_shape, num_classes)  # type: ignore[arg-type]
+                suggest_augment(trial, space)  # type: ignore[arg-type]
+            except ConfigError:
+                raise
+            except (ValueError, TypeError) as e:  # a spec the models refuse
+                raise ConfigError(f"{key}: {e}") from e
+        sampled = trial.distributions
+        unknown = sorted(set(point) - set(sampled))
+        if unknown:
+            raise ConfigError(
+                f"{key}.{unknown[0]}: not a parameter this architecture samples (a dimension "
+                "with one allowed value is fixed, and some apply only to others: pool_2 "
+                f"to 3 blocks or more); it samples: {', '.join(sorted(sampled))}"
+            )
+        if set(sampled) - set(point):
+            continue  # a partial point: the sampler completes it, and the budgets judge that
+        for what, limit, have in (
+            ("max_params", max_params, count_params(spec)),
+            ("max_macs", max_macs, count_macs(spec)),
+        ):
+            if limit and have > limit:
+                raise ConfigError(
+                    f"{key}: {spec.summary()} has {have:,} "
+                    f"{'parameters' if what == 'max_params' else 'MACs'}, over study.{what} "
+                    f"{limit:,}; it would be rejected untrained"
+                )

@@ -55,6 +55,7 @@ from ._records import (
     state_counts,
 )
 from ._sizing import size_for
+from ._space import check_start_from
 from ._storage import (
     StartLock,
     check_project_dir,
@@ -262,6 +263,11 @@ class StudyRun:
         try:
             self._load_study()
             self._check_dataset()
+            if cfg.study.start_from and not self.study.get_trials(deepcopy=False):
+                # A new study only (under the start lock, so two workers do not both queue
+                # them): a resumed one has run or queued them already.
+                for point in cfg.study.start_from:
+                    self.study.enqueue_trial(dict(point))
             if "config" not in self.study.user_attrs:
                 # Later commands (pareto, register) rebuild the study's data and settings
                 # from this.
@@ -494,6 +500,15 @@ def prepare(cfg: StudyConfig, *, trainer: Trainer = fit) -> StudyRun:
     if sizing.cfg.data.val_fraction != cfg.data.val_fraction:
         # Split again with the derived validation share (a small dataset loads in moments).
         data = load_dataset(cfg.data.dataset, **sizing.cfg.data.load_kwargs(), seed=cfg.study.seed)
+    if cfg.study.start_from:
+        check_start_from(
+            cfg.study.start_from,
+            sizing.cfg.space,
+            data.input_shape,
+            data.num_classes,
+            max_params=cfg.study.max_params,
+            max_macs=cfg.study.max_macs,
+        )
     run = StudyRun(cfg=sizing.cfg, mlflow_cfg=mlflow_cfg, data=data, trainer=trainer)
     run.sizing = sizing.line(len(data.train_y))
     return run
