@@ -21,6 +21,8 @@ The variants:
   share the rest (``final.champion_share: 0.75``);
 - ``blocks``: the space also offers separable, residual and inverted blocks, squeeze-and-
   excitation and stride-2 convolutions (``space.block_types``, ``se_ratio``, ``pools``);
+- ``seeded``: the search tries three generic small CNNs first (16-32-64, 8x2-16x2-32x2 and
+  8-16-32-64 with batch norm, max pooling and GAP; ``study.start_from``), then samples;
 - ``workers-2``: the search runs in two worker processes of one CPU thread each
   (``--workers 2``): two processes of one thread train more epochs a second than one of two,
   but measured here they completed fewer trials (docs/benchmarks.md).
@@ -50,6 +52,17 @@ from cnnas.search import SpaceConfig, load_preset
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark
 from baselines import dominated, run_study
 
+# What the seeded variant's three starting networks share: 3x3 convs with batch norm, max
+# pooling after each block while the map allows, doubling widths, global average pooling.
+_SEED = {
+    "growth": "doubling", "kernel": 3, "batch_norm": True, "block_dropout": 0.1,
+    "pool_0": "max", "pool_1": "max", "pool_2": "max", "aggregation": "gap", "dense_layers": 0,
+}  # fmt: skip
+SEEDS = [
+    {**_SEED, "blocks": 3, "convs": 1, "base_filters": 16},  # 16-32-64: 24.1k params
+    {**_SEED, "blocks": 3, "convs": 2, "base_filters": 8},  # 8x2-16x2-32x2: 18.5k
+    {**_SEED, "blocks": 4, "convs": 1, "base_filters": 8},  # 8-16-32-64: 25.2k
+]
 VARIANTS: dict[str, dict] = {
     "preset": {},
     "short": {"train": {"epochs": 2}, "data": {"subset": 10000}},
@@ -61,6 +74,8 @@ VARIANTS: dict[str, dict] = {
     # The efficient blocks (separable, residual, inverted, squeeze-and-excitation, stride-2).
     "blocks": {"space": dict(SpaceConfig.EFFICIENT)},
     "workers-2": {},  # the preset, with VARIANT_ARGS below
+    # The search tries three generic small CNNs first (study.start_from), then samples.
+    "seeded": {"study": {"start_from": SEEDS}},
 }
 # Command-line options of a variant (those that are no config keys).
 VARIANT_ARGS: dict[str, list[str]] = {"workers-2": ["--workers", "2"]}
