@@ -27,6 +27,7 @@ from ._skip_train import (
 from ._split import stratified_split
 from ._train import (
     ACCELERATORS,
+    MEMORY_FORMATS,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
@@ -34,6 +35,7 @@ from ._train import (
     TrainConfig,
     TrialResult,
     confusion_matrix,
+    cpu_has_bf16,
     epoch_seconds,
     evaluate,
     fit,
@@ -45,6 +47,7 @@ __all__ = [
     "BACKENDS",
     "DATASETS",
     "EMNIST_SPLITS",
+    "MEMORY_FORMATS",
     "MIRROR_ENV",
     "OPTIMIZERS",
     "PRECISIONS",
@@ -67,6 +70,7 @@ __all__ = [
     "activation_scores",
     "augment",
     "confusion_matrix",
+    "cpu_has_bf16",
     "dataset_entry",
     "default_data_dir",
     "earliest_correct",

@@ -36,6 +36,7 @@ for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
 
 __all__ = [
     "ACCELERATORS",
+    "MEMORY_FORMATS",
     "OPTIMIZERS",
     "PRECISIONS",
     "SCHEDULES",
@@ -43,6 +44,7 @@ __all__ = [
     "TrainConfig",
     "TrialResult",
     "confusion_matrix",
+    "cpu_has_bf16",
     "epoch_seconds",
     "evaluate",
     "fit",
@@ -51,6 +53,9 @@ __all__ = [
 
 ACCELERATORS = ("auto", "cpu", "gpu")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+# How conv activations and weights are laid out in training: channels_last (NHWC) or contiguous
+# (NCHW); auto is channels_last on a GPU and on a CPU with oneDNN (x86), see Classifier.
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # plateau: the learning rate decays when validation accuracy stops improving (the seeds' recipe);
 # cosine: linear warm-up, then a cosine to zero over the planned steps; onecycle: PyTorch's
@@ -94,8 +99,12 @@ class TrainConfig:
     seed: int = 0
     # Where to train: 'auto' takes a GPU when there is one.
     accelerator: str = "auto"
-    # Numeric precision; 'auto' is bf16-mixed on a GPU and 32-true on the CPU.
+    # Numeric precision; 'auto' is bf16-mixed on a GPU, and on a CPU with native bf16 kernels
+    # (AVX512-BF16 or AMX) for networks without depthwise convolutions; 32-true otherwise.
+    # Validation is always scored in fp32.
     precision: str = "auto"
+    # Layout of the network's tensors in training (see MEMORY_FORMATS).
+    memory_format: str = "auto"
     # Deterministic kernels: the same seed gives the same numbers (slower on GPUs).
     deterministic: bool = True
     # Augmentation of training batches, on the device; off by default.
@@ -171,8 +180,17 @@ class Classifier(pl.LightningModule):
         self._stage_macs = stage_macs(spec)
 
     def on_fit_start(self) -> None:
-        # On a GPU, NHWC tensors let cuDNN use its tensor-core kernels for convolutions.
-        if self.device.type == "cuda":
+        # NHWC tensors let cuDNN use its tensor-core kernels for convolutions on a GPU, and
+        # oneDNN its blocked ones on an x86 CPU: measured with bench/precision.py on a 2-core
+        # AVX-512 CPU, 1.4x (GAP CNN) to 1.6x (ResNet-8) the steps a second of NCHW.
+        fmt = self.cfg.memory_format
+        if fmt == "channels_last" or (
+            fmt == "auto"
+            and (
+                self.device.type == "cuda"
+                or (self.device.type == "cpu" and torch.backends.mkldnn.is_available())
+            )
+        ):
             self.net.to(memory_format=torch.channels_last)
             self._channels_last = True
 
@@ -271,7 +289,10 @@ class Classifier(pl.LightningModule):
         return self._step(batch, "train_")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val_")
+        # Scored in fp32 under any training precision: the recorded accuracy is the one the
+        # saved (fp32) network gives the user, to the last image.
+        with torch.autocast(self.device.type, enabled=False):
+            self._step(batch, "val_")
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
@@ -378,10 +399,33 @@ class _DataModule(pl.LightningDataModule):
         return Batches(t["val_x"], t["val_y"], max(self.batch_size, 1024))
 
 
-def _precision(cfg: TrainConfig) -> str:
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions and matmuls natively (oneDNN with AVX512-BF16 or
+    AMX). Elsewhere bf16 is emulated and slower than fp32."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        # torch has no public query for this; the private one may go: then fp32, as before.
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # noqa: SLF001
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# Blocks built of depthwise convolutions, which oneDNN runs more slowly in bf16 than in fp32.
+_DEPTHWISE = ("separable", "inverted")
+
+
+def _precision(cfg: TrainConfig, spec: ArchSpec) -> str:
     if cfg.precision != "auto":
         return cfg.precision
-    return "bf16-mixed" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "32-true"
+    if cfg.accelerator != "cpu" and torch.cuda.is_available():
+        return "bf16-mixed"
+    # Measured with bench/precision.py on a 2-core AVX-512-BF16 CPU, whole epochs, NHWC: bf16
+    # autocast ran 1.6x (GAP CNN) to 1.9x (the rules net) the epochs a second of fp32 NCHW at
+    # the same test accuracy, but a MobileNet-style network (depthwise convs) 0.75x.
+    if any(b.block_type in _DEPTHWISE for b in spec.blocks):
+        return "32-true"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
 def _fit_interruptibly(trainer: pl.Trainer, module: pl.LightningModule, dm: Any) -> None:
@@ -442,7 +486,7 @@ def fit(
             devices=1,
             max_epochs=cfg.epochs,
             max_time=None if cfg.max_seconds is None else timedelta(seconds=cfg.max_seconds),
-            precision=_precision(cfg),
+            precision=_precision(cfg, spec),
             deterministic=cfg.deterministic,
             logger=logger,
             callbacks=list(callbacks),
@@ -461,7 +505,8 @@ def fit(
     params, macs = count_params(spec), count_macs(spec)
     executed = curves["val_executed_macs"][-1] if spec.adaptive_depth else float(macs)
     val_acc = curves["val_acc"][-1]
-    net = module.net.to("cpu").eval()
+    # Back to NCHW: what users, exporters and the MACs counter get is the plain layout.
+    net = module.net.to("cpu", memory_format=torch.contiguous_format).eval()
     return TrialResult(
         val_acc=val_acc,
         val_loss=curves["val_loss"][-1],

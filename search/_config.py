@@ -25,6 +25,7 @@ from cnnas.models import AGGREGATIONS, HEADS, POOLS, PREDICTIONS
 from cnnas.objectives import (
     ACCELERATORS,
     DATASETS,
+    MEMORY_FORMATS,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
@@ -294,8 +295,16 @@ class TrainSection:
     )
     precision: str = _opt(
         _TRAINER.precision,
-        "Numeric precision; auto is bf16-mixed on a GPU, 32-true on the CPU.",
+        "Numeric precision of training; auto is bf16-mixed on a GPU, and on a CPU with native "
+        "bf16 (AVX512-BF16 or AMX) for networks without depthwise convolutions; 32-true "
+        "otherwise. Validation is scored in fp32 whatever this says.",
         choices=PRECISIONS,
+    )
+    memory_format: str = _opt(
+        _TRAINER.memory_format,
+        "Tensor layout in training; auto is channels_last (NHWC) on a GPU and on an x86 CPU "
+        "(oneDNN), where it is faster, contiguous (NCHW) elsewhere.",
+        choices=MEMORY_FORMATS,
     )
     deterministic: bool = _opt(
         _TRAINER.deterministic, "Deterministic kernels (the same seed gives the same result)."

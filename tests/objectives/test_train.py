@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from cnnas.models import ArchSpec, ConvBlock, DenseLayer, count_macs, count_params
-from cnnas.objectives import Batches, TrainConfig, epoch_seconds, evaluate, fit
+from cnnas.objectives import Batches, TrainConfig, cpu_has_bf16, epoch_seconds, evaluate, fit
 
 FAST = TrainConfig(epochs=3, batch_size=64, lr=3e-3)
 
@@ -90,6 +92,49 @@ def test_returned_model_is_the_one_scored(digits) -> None:
     loss, acc = evaluate(r.model, digits.val_x, digits.val_y, digits.mean, digits.std)
     assert acc == pytest.approx(r.val_acc)
     assert loss == pytest.approx(r.val_loss, rel=1e-4)
+
+
+class _Seen(pl.Callback):
+    """Records the numerics and layout the trainer chose, as the fit starts."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        # Not on_fit_start: the module's own (which moves the network to NHWC) runs after it.
+        self.precision = trainer.precision
+        # The last conv's: a first conv over one channel is NHWC and NCHW at once.
+        weight = [p for p in module.parameters() if p.dim() == 4][-1]
+        self.channels_last = weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_training_is_scored_in_fp32(digits) -> None:
+    # The recorded score is what the saved fp32 network gives, to the last image.
+    cfg = dataclasses.replace(FAST, precision="bf16-mixed")
+    r = fit(small_spec(digits, batch_norm=True), digits, cfg, callbacks=[seen := _Seen()])
+    assert seen.precision == "bf16-mixed"
+    loss, acc = evaluate(r.model, digits.val_x, digits.val_y, digits.mean, digits.std)
+    assert acc == r.val_acc
+    assert loss == pytest.approx(r.val_loss, rel=1e-5)
+    assert r.val_acc > 0.5, "bf16 training learns as fp32 does"
+
+
+@pytest.mark.parametrize("memory_format", ["channels_last", "contiguous"])
+def test_the_memory_format_trains_and_the_model_comes_back_plain(digits, memory_format) -> None:
+    cfg = dataclasses.replace(FAST, memory_format=memory_format)
+    r = fit(small_spec(digits, batch_norm=True), digits, cfg, callbacks=[seen := _Seen()])
+    assert seen.channels_last == (memory_format == "channels_last")
+    # NCHW again: exporters, safetensors and users get the layout they expect.
+    assert all(p.is_contiguous() for p in r.model.parameters())
+    assert r.val_acc > 0.5
+
+
+def test_auto_trains_depthwise_networks_in_fp32(digits) -> None:
+    plain, separable = small_spec(digits), small_spec(digits, block_type="separable")
+    seen_plain, seen_separable = _Seen(), _Seen()
+    fit(plain, digits, dataclasses.replace(FAST, epochs=1), callbacks=[seen_plain])
+    fit(separable, digits, dataclasses.replace(FAST, epochs=1), callbacks=[seen_separable])
+    # bf16 where this CPU runs it natively; depthwise convs run more slowly in it, so never.
+    assert seen_plain.precision == ("bf16-mixed" if cpu_has_bf16() else "32-true")
+    assert seen_separable.precision == "32-true"
+    assert seen_plain.channels_last == torch.backends.mkldnn.is_available()
 
 
 def test_learning_rate_decays_on_a_validation_plateau(digits) -> None:

@@ -77,6 +77,7 @@ train:
   label_smoothing: 0.05
   accelerator: cpu
   precision: 32-true
+  memory_format: contiguous
   deterministic: false
   oom_retry: false
   augment:
@@ -198,6 +199,7 @@ def test_full_example_loads_every_key(tmp_path):
         label_smoothing=0.05,
         accelerator="cpu",
         precision="32-true",
+        memory_format="contiguous",
         deterministic=False,
         oom_retry=False,
         augment=AugmentSection(translate=3.0, rotate=10.5, flip=True),
