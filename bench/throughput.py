@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnas.models import ArchSpec, ConvBlock, DenseLayer, build, count_macs, count_params
-from cnnas.objectives import Batches, TrainConfig, fit, load_dataset
+from cnnas.objectives import Batches, TrainConfig, cpu_has_bf16, fit, load_dataset
 
 # The default Fashion-MNIST CNN of the benchmarks: two conv-pool pairs (seed 002) with BatchNorm,
 # GAP-free flatten and one dense layer; about 56k parameters.
@@ -50,7 +50,13 @@ def raw_loop(
     time (the first compiled epoch includes compiling the train and eval graphs).
     """
     torch.manual_seed(seed)
-    model = build(SPEC).to(device)
+    # The numerics and layout the trainer's 'auto' picks on this device, so that the two loops
+    # do the same arithmetic: bf16 autocast on a GPU or a CPU with native bf16, NHWC tensors on
+    # a GPU or an x86 CPU.
+    amp = device.type == "cuda" or cpu_has_bf16()
+    nhwc = device.type == "cuda" or torch.backends.mkldnn.is_available()
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    model = build(SPEC).to(device, memory_format=fmt)
     if compiled:
         model = torch.compile(model)
     c = SPEC.input_shape[0]
@@ -64,7 +70,6 @@ def raw_loop(
     )
     tx, ty = data.train_x.to(device), data.train_y.to(device)
     vx, vy = data.val_x.to(device), data.val_y.to(device)
-    amp = device.type == "cuda"
     _sync(device)
     start = time.perf_counter()
     for _ in range(cfg.epochs):
@@ -72,7 +77,8 @@ def raw_loop(
         model.train()
         for xb, yb in Batches(tx, ty, cfg.batch_size, shuffle=True, seed=seed, drop_last=True):
             with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(model((xb.float() - mean) / std), yb)
+                x = ((xb.float() - mean) / std).contiguous(memory_format=fmt)
+                loss = F.cross_entropy(model(x), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -81,7 +87,8 @@ def raw_loop(
         correct = torch.zeros((), device=device)
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
             for xb, yb in Batches(vx, vy, max(cfg.batch_size, 1024)):
-                correct += (model((xb.float() - mean) / std).argmax(1) == yb).sum()
+                x = ((xb.float() - mean) / std).contiguous(memory_format=fmt)
+                correct += (model(x).argmax(1) == yb).sum()
         float(correct)  # the validation accuracy, read once an epoch like the trainer's
         if epoch_seconds is not None:
             epoch_seconds.append(time.perf_counter() - epoch_start)
