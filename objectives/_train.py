@@ -182,7 +182,7 @@ class Classifier(pl.LightningModule):
     def on_fit_start(self) -> None:
         # NHWC tensors let cuDNN use its tensor-core kernels for convolutions on a GPU, and
         # oneDNN its blocked ones on an x86 CPU: measured with bench/precision.py on a 2-core
-        # AVX-512 CPU, 1.4x (GAP CNN) to 1.6x (ResNet-8) the steps a second of NCHW.
+        # AVX-512 CPU, whole epochs in fp32, 1.11x (LeNet-5) to 1.68x (MobileNet-style) NCHW's.
         fmt = self.cfg.memory_format
         if fmt == "channels_last" or (
             fmt == "auto"
@@ -420,9 +420,9 @@ def _precision(cfg: TrainConfig, spec: ArchSpec) -> str:
         return cfg.precision
     if cfg.accelerator != "cpu" and torch.cuda.is_available():
         return "bf16-mixed"
-    # Measured with bench/precision.py on a 2-core AVX-512-BF16 CPU, whole epochs, NHWC: bf16
-    # autocast ran 1.6x (GAP CNN) to 1.9x (the rules net) the epochs a second of fp32 NCHW at
-    # the same test accuracy, but a MobileNet-style network (depthwise convs) 0.75x.
+    # Measured with bench/precision.py on a 2-core AVX-512-BF16 CPU, whole epochs: bf16 with
+    # NHWC ran 1.42x (LeNet-5) to 1.93x (ResNet-8) the speed of fp32 NCHW at the same test
+    # accuracy, but a MobileNet-style network (depthwise convs) 0.98x, against 1.68x in fp32.
     if any(b.block_type in _DEPTHWISE for b in spec.blocks):
         return "32-true"
     return "bf16-mixed" if cpu_has_bf16() else "32-true"
