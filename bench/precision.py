@@ -29,14 +29,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import optuna
 import torch
 
 from cnnas.models import (
     ArchSpec,
-    count_macs,
     count_params,
     gap_cnn,
     lenet5,
@@ -53,7 +54,10 @@ from cnnas.objectives import (
     fit,
     load_dataset,
 )
-from cnnas.search import load_preset, suggest_spec
+from cnnas.search import load_preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark
+from recipes import architectures
 
 SETTINGS: dict[str, dict[str, str]] = {
     "fp32": {"precision": "32-true", "memory_format": "contiguous"},
@@ -64,17 +68,8 @@ SETTINGS: dict[str, dict[str, str]] = {
 
 
 def searched(n: int, data: ImageData, max_macs: int) -> list[tuple[str, ArchSpec]]:
-    """``n`` distinct architectures of the CPU preset's space within its MAC budget, seeded."""
-    space = load_preset("fashion-mnist-cpu").space
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    out: dict[str, ArchSpec] = {}
-    while len(out) < n:
-        trial = study.ask()
-        spec = suggest_spec(trial, space, data.input_shape, data.num_classes)
-        study.tell(trial, 0.0)
-        if count_macs(spec) <= max_macs:
-            out.setdefault(spec.spec_hash(), spec)
-    return [(f"searched {i}", s) for i, s in enumerate(out.values())]
+    """``n`` architectures of the CPU preset's space (bench/recipes.py's draw, another seed)."""
+    return [(f"searched {i}", s) for i, s in enumerate(architectures(n, data, max_macs, seed=1))]
 
 
 def networks(data: ImageData, n_searched: int) -> list[tuple[str, ArchSpec]]:

@@ -66,10 +66,10 @@ RECIPES["adamw-cosine-ls"] = {**RECIPES["adamw-cosine"], "label_smoothing": 0.1}
 RECIPES["onecycle-ls"] = {**RECIPES["onecycle"], "label_smoothing": 0.1}
 
 
-def architectures(n: int, data: ImageData, max_macs: int) -> list[ArchSpec]:
+def architectures(n: int, data: ImageData, max_macs: int, seed: int = 0) -> list[ArchSpec]:
     """``n`` distinct architectures of the CPU preset's space within its MAC budget, seeded."""
     space = load_preset("fashion-mnist-cpu").space
-    sampler = optuna.samplers.RandomSampler(seed=0)
+    sampler = optuna.samplers.RandomSampler(seed=seed)
     study = optuna.create_study(sampler=sampler)
     out: dict[str, ArchSpec] = {}
     while len(out) < n:

@@ -10,6 +10,19 @@ from optuna.trial import FrozenTrial
 from cnnas.search._aliases import Member
 from cnnas.search._records import front, members, records, state_counts
 
+# A small space on 8x8 digits: every network trains in milliseconds.
+SMALL_SPACE = {
+    "blocks": {"min": 1, "max": 2},
+    "base_filters": [4, 8],
+    "kernels": [3],
+    "convs": [1],
+    "batch_norm": [False],
+    "pools": ["max", "none"],
+    "block_dropout": [0.0],
+    "aggregations": ["gap", "flatten"],
+    "dense_layers": [0],
+}
+
 
 def front_of(study: optuna.Study, axis: str | None = None) -> list[FrozenTrial]:
     """The trials of the study's one Pareto front on ``axis`` (default: the complexity its

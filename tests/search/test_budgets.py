@@ -26,22 +26,10 @@ from cnnas.search._config import StudyConfig
 from cnnas.search._space import suggest_spec
 from cnnas.search._study import make_sampler
 from cnnas.search.cli import main
-from tests.search._helpers import counts_of, front_of
+from tests.search._helpers import SMALL_SPACE, counts_of, front_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-# A small space on 8x8 digits: every network trains in milliseconds.
-SMALL_SPACE = {
-    "blocks": {"min": 1, "max": 2},
-    "base_filters": [4, 8],
-    "kernels": [3],
-    "convs": [1],
-    "batch_norm": [False],
-    "pools": ["max", "none"],
-    "block_dropout": [0.0],
-    "aggregations": ["gap", "flatten"],
-    "dense_layers": [0],
-}
 
 # About half of this space has more than 3000 parameters on digits.
 BUDGET_SPACE = {

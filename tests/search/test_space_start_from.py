@@ -20,6 +20,7 @@ from cnnas.objectives import fit
 from cnnas.search import ConfigError, load_config, prepare, run_study
 from cnnas.search._config import SpaceConfig, load_preset
 from cnnas.search._space import check_start_from, suggest_augment, suggest_spec
+from tests.search._helpers import SMALL_SPACE
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -111,17 +112,6 @@ def test_a_whole_architecture_over_a_budget_is_refused():
 
 # --- in a real study ------------------------------------------------------------------------------
 
-SMALL_SPACE = {
-    "blocks": {"min": 1, "max": 2},
-    "base_filters": [4, 8],
-    "kernels": [3],
-    "convs": [1],
-    "batch_norm": [False],
-    "pools": ["max", "none"],
-    "block_dropout": [0.0],
-    "aggregations": ["gap", "flatten"],
-    "dense_layers": [0],
-}
 FIRST = {"blocks": 2, "base_filters": 8, "pool_0": "none", "pool_1": "max", "aggregation": "gap"}
 SECOND = {"blocks": 1, "base_filters": 4}
 
