@@ -54,7 +54,6 @@ from cnnas.objectives import (
     fit,
     load_dataset,
 )
-from cnnas.search import load_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark
 from recipes import architectures
@@ -67,9 +66,9 @@ SETTINGS: dict[str, dict[str, str]] = {
 }
 
 
-def searched(n: int, data: ImageData, max_macs: int) -> list[tuple[str, ArchSpec]]:
+def searched(n: int, data: ImageData) -> list[tuple[str, ArchSpec]]:
     """``n`` architectures of the CPU preset's space (bench/recipes.py's draw, another seed)."""
-    return [(f"searched {i}", s) for i, s in enumerate(architectures(n, data, max_macs, seed=1))]
+    return [(f"searched {i}", s) for i, s in enumerate(architectures(n, data, seed=1))]
 
 
 def networks(data: ImageData, n_searched: int) -> list[tuple[str, ArchSpec]]:
@@ -81,8 +80,7 @@ def networks(data: ImageData, n_searched: int) -> list[tuple[str, ArchSpec]]:
         ("MobileNet-style", mobilenet_small(shape, k)),
         ("ResNet-8-style", resnet8(shape, k)),
     ]
-    max_macs = load_preset("fashion-mnist-cpu").study.max_macs or 10**12
-    return standard + searched(n_searched, data, max_macs)
+    return standard + searched(n_searched, data)
 
 
 def part1(data: ImageData, base: TrainConfig, nets: list[tuple[str, ArchSpec]]) -> None:
