@@ -11,7 +11,11 @@ below 10^7, the larger the better).
 
 The variants:
 
-- ``preset``: 3 epochs on 20,000 images per trial, half the budget for the final training;
+- ``preset``: 3 epochs on 20,000 images per trial, networks of up to 5M MACs, seed 002's rules
+  of thumb at half width tried first, half the budget for the final training;
+- ``unseeded``: the preset without that first network;
+- ``narrow``: the preset until 2026-12-06: up to 2.5M MACs and 60 trials, block dropout up to
+  0.3, no first network;
 - ``short``: 2 epochs on 10,000 images (about three times the trials);
 - ``long-pruned``: 6 epochs on 20,000 images, Pareto-aware pruning stopping the hopeless early;
 - ``search-70``: 70% of the budget for the search (``final.share 0.3``);
@@ -21,7 +25,7 @@ The variants:
   share the rest (``final.champion_share: 0.75``);
 - ``blocks``: the space also offers separable, residual and inverted blocks, squeeze-and-
   excitation and stride-2 convolutions (``space.block_types``, ``se_ratio``, ``pools``);
-- ``seeded``: the search tries three generic small CNNs first (16-32-64, 8x2-16x2-32x2 and
+- ``seeded``: the search tries three generic small CNNs first instead (16-32-64, 8x2-16x2-32x2 and
   8-16-32-64 with batch norm, max pooling and GAP; ``study.start_from``), then samples;
 - ``workers-2``: the search runs in two worker processes of one CPU thread each
   (``--workers 2``): two processes of one thread train more epochs a second than one of two,
@@ -34,6 +38,7 @@ Wall-time budgets make this depend on the machine's load: run it on an idle mach
 
     python bench/search_budget.py                 # T = 600 s, every variant: ~100 minutes
     python bench/search_budget.py --budget 300 --variants preset,short
+    python bench/search_budget.py --variants narrow,unseeded,preset    # 2026-12-06: ~30 minutes
 """
 
 from __future__ import annotations
@@ -63,6 +68,11 @@ SEEDS = [
     {**_SEED, "blocks": 3, "convs": 2, "base_filters": 8},  # 8x2-16x2-32x2: 18.5k
     {**_SEED, "blocks": 4, "convs": 1, "base_filters": 8},  # 8-16-32-64: 25.2k
 ]
+# The preset until 2026-12-06: 2.5M MACs, 60 trials, block dropout up to 0.3, no start.
+_NARROW = {
+    "study": {"max_macs": 2_500_000, "trials": 60, "start_from": None},
+    "space": {"block_dropout": {"min": 0.0, "max": 0.3}},
+}
 VARIANTS: dict[str, dict] = {
     "preset": {},
     "short": {"train": {"epochs": 2}, "data": {"subset": 10000}},
@@ -76,6 +86,9 @@ VARIANTS: dict[str, dict] = {
     "workers-2": {},  # the preset, with VARIANT_ARGS below
     # The search tries three generic small CNNs first (study.start_from), then samples.
     "seeded": {"study": {"start_from": SEEDS}},
+    # The preset without its start (seed 002's rules of thumb at half width).
+    "unseeded": {"study": {"start_from": None}},
+    "narrow": _NARROW,
 }
 # Command-line options of a variant (those that are no config keys).
 VARIANT_ARGS: dict[str, list[str]] = {"workers-2": ["--workers", "2"]}

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from optuna.trial import FixedTrial, TrialState
 
-from cnnas.models import count_macs, count_params
+from cnnas.models import count_macs, count_params, rules_cnn
 from cnnas.objectives import fit
 from cnnas.search import ConfigError, load_config, prepare, run_study
 from cnnas.search._config import SpaceConfig, load_preset
@@ -57,6 +57,24 @@ def test_a_whole_architecture_is_the_network_the_study_builds():
     assert count_params(spec) == 24_058
 
 
+def test_the_cpu_preset_starts_from_the_rules_net_at_half_width():
+    # Seed 002's rules of thumb (cnnas.models.rules_cnn: 32-32-pool-64-64-pool-dense128, batch
+    # norm, dropout 0.4) with half its filters, so that it fits the preset's MAC budget.
+    preset = load_preset("fashion-mnist-cpu")
+    (point,) = preset.study.start_from
+    check([point], max_macs=preset.study.max_macs)
+    spec = suggest_spec(FixedTrial(point), preset.space, FMNIST, 10)
+    rules = rules_cnn(FMNIST, 10)
+    assert [b.filters for b in spec.blocks] == [b.filters // 2 for b in rules.blocks]
+    for ours, theirs in zip(spec.blocks, rules.blocks, strict=True):
+        assert (ours.convs, ours.kernel, ours.batch_norm, ours.pool, ours.dropout) == (
+            theirs.convs, theirs.kernel, theirs.batch_norm, theirs.pool, theirs.dropout
+        )  # fmt: skip
+    assert (spec.aggregation, spec.dense) == (rules.aggregation, rules.dense)
+    assert (count_params(spec), count_macs(spec)) == (218_586, 4_830_720)
+    assert count_macs(spec) <= preset.study.max_macs < count_macs(rules)
+
+
 def test_a_partial_point_passes_and_the_rest_is_sampled():
     check([{"blocks": 2, "base_filters": 32}, {"kernel": 5}])
 
@@ -71,9 +89,9 @@ def test_a_partial_point_passes_and_the_rest_is_sampled():
         ({"blocks": 9}, r"\[0\]\.blocks: 9 is not offered by the space; allowed: from 1 to 4$"),
         (
             {"block_dropout": 0.07},
-            r"\[0\]\.block_dropout: 0.07 is not .*0.0 to 0.3 in steps of 0.05$",
+            r"\[0\]\.block_dropout: 0.07 is not .*0.0 to 0.5 in steps of 0.05$",
         ),
-        ({"block_dropout": 0.5}, r"\[0\]\.block_dropout: 0.5 is not offered"),
+        ({"block_dropout": 0.55}, r"\[0\]\.block_dropout: 0.55 is not offered"),
         # true == 1 in Python, but it is not one conv.
         ({"convs": True}, r"\[0\]\.convs: true is not offered by the space; allowed: one of 1, 2"),
         ({"batch_norm": 1}, r"\[0\]\.batch_norm: 1 is not offered.*one of true, false$"),
