@@ -84,7 +84,8 @@ VARIANTS: dict[str, dict] = {
     # The efficient blocks (separable, residual, inverted, squeeze-and-excitation, stride-2).
     "blocks": {"space": dict(SpaceConfig.EFFICIENT)},
     "workers-2": {},  # the preset, with VARIANT_ARGS below
-    # The search tries three generic small CNNs first (study.start_from), then samples.
+    # The search tries three generic small CNNs first (study.start_from) instead of the
+    # preset's one start, then samples.
     "seeded": {"study": {"start_from": SEEDS}},
     # The preset without its start (seed 002's rules of thumb at half width).
     "unseeded": {"study": {"start_from": None}},
