@@ -56,6 +56,7 @@ from cnnas.search import SpaceConfig, load_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark
 from baselines import dominated, run_study
+from recipes import MEASURED_MAX_MACS, MEASURED_SPACE
 
 # What the seeded variant's three starting networks share: 3x3 convs with batch norm, max
 # pooling after each block while the map allows, doubling widths, global average pooling.
@@ -70,8 +71,8 @@ SEEDS = [
 ]
 # The preset until 2026-12-06: 2.5M MACs, 60 trials, block dropout up to 0.3, no start.
 _NARROW = {
-    "study": {"max_macs": 2_500_000, "trials": 60, "start_from": None},
-    "space": {"block_dropout": {"min": 0.0, "max": 0.3}},
+    "study": {"max_macs": MEASURED_MAX_MACS, "trials": 60, "start_from": None},
+    "space": MEASURED_SPACE,
 }
 VARIANTS: dict[str, dict] = {
     "preset": {},
