@@ -28,6 +28,7 @@ from cnnas.models import ArchSpec, build, count_macs, count_params, stage_macs
 from ._augment import Augment, augment
 from ._batches import Batches, on_device
 from ._data import ImageData
+from ._schedule import PlannedSchedule, epochs_that_fit
 
 # Lightning sets its loggers to INFO on import and then announces the accelerator and tips on every
 # fit; a study runs hundreds of fits and shows its own progress instead.
@@ -95,6 +96,14 @@ class TrainConfig:
     # Stop the fit after this many seconds of training (None: no limit). A safety net for
     # budgeted training; the schedule still plans for ``epochs``.
     max_seconds: float | None = None
+    # Train for about this many seconds (None: for ``epochs``). ``epochs`` is then the first plan
+    # only: after every epoch the trainer plans again the epochs that fit the time left at the
+    # pace of the epoch just ended (at most ``max_epochs``), and the onecycle and cosine schedules
+    # stretch or shrink to end at the last of them, so a network trained to a deadline ends
+    # annealed, whatever the machine's speed. Results then depend on that speed too.
+    time_budget: float | None = None
+    # The most epochs a fit with a time budget may plan.
+    max_epochs: int = 1000
     # Seed of initialisation and batch order; a trial adds its number to it.
     seed: int = 0
     # Where to train: 'auto' takes a GPU when there is one.
@@ -175,11 +184,15 @@ class Classifier(pl.LightningModule):
         }
         self._sums: dict[str, torch.Tensor] = {}
         self._epoch_start = 0.0
+        self._fit_start = 0.0
+        self._schedule: PlannedSchedule | None = None
+        self._steps_per_epoch = 1
         self._channels_last = False
         # MACs of stopping at each exit, to turn the validation images' exit counts into MACs.
         self._stage_macs = stage_macs(spec)
 
     def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
         # NHWC tensors let cuDNN use its tensor-core kernels for convolutions on a GPU, and
         # oneDNN its blocked ones on an x86 CPU: measured with bench/precision.py on a 2-core
         # AVX-512 CPU, whole epochs in fp32, 1.11x (LeNet-5) to 1.68x (MobileNet-style) NCHW's.
@@ -320,6 +333,20 @@ class Classifier(pl.LightningModule):
         c["epoch_seconds"].append(time.perf_counter() - self._epoch_start)
         # Logged for the LR scheduler and for callbacks (pruning, progress): once per epoch.
         self.log_dict({"val_acc": acc, "val_loss": loss}, prog_bar=False, logger=False)
+        if self.cfg.time_budget is not None:
+            self._replan(len(c["val_acc"]), c["epoch_seconds"][-1])
+
+    def _replan(self, done: int, epoch_seconds: float) -> None:
+        """Plans the epochs that fit what is left of the time budget, at the pace of the epoch
+        just ended (it reflects the machine as it is now), and stops when none does."""
+        cfg = self.cfg
+        elapsed = time.perf_counter() - self._fit_start
+        budget = cfg.time_budget or 0.0
+        epochs = epochs_that_fit(done, elapsed, budget, epoch_seconds, cfg.max_epochs)
+        if epochs <= done:
+            self.trainer.should_stop = True
+        if self._schedule is not None:
+            self._schedule.replan(max(epochs, done) * self._steps_per_epoch)
 
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
@@ -334,15 +361,16 @@ class Classifier(pl.LightningModule):
             }
         if cfg.schedule == "constant":
             return opt
-        # Per step, over the steps Lightning plans for max_epochs.
+        # Per step, over the steps of the planned epochs (with a time budget, Lightning's
+        # max_epochs is only the cap; the plan is cfg.epochs until the first epoch is timed).
         steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        if cfg.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=cfg.lr, total_steps=steps, pct_start=max(cfg.warmup, 0.01)
-            )
-        else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(steps, cfg.warmup))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        self._steps_per_epoch = max(steps // max(int(self.trainer.max_epochs or 1), 1), 1)
+        planned = self._steps_per_epoch * cfg.epochs if cfg.time_budget is not None else steps
+        self._schedule = PlannedSchedule(opt, cfg.schedule, planned, cfg.warmup)
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": self._schedule, "interval": "step"},
+        }
 
 
 def _optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
@@ -355,20 +383,6 @@ def _optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
     if cfg.optimizer != "adam":
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _cosine(steps: int, warmup: float) -> Callable[[int], float]:
-    """The learning-rate factor at each step: linear warm-up over ``warmup`` of the steps, then
-    a half cosine from 1 to 0 at the last step."""
-    warm = round(warmup * steps)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        done = (step - warm) / max(steps - warm, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
-
-    return factor
 
 
 class _DataModule(pl.LightningDataModule):
@@ -484,7 +498,7 @@ def fit(
         trainer = pl.Trainer(
             accelerator=cfg.accelerator,
             devices=1,
-            max_epochs=cfg.epochs,
+            max_epochs=cfg.epochs if cfg.time_budget is None else max(cfg.max_epochs, 1),
             max_time=None if cfg.max_seconds is None else timedelta(seconds=cfg.max_seconds),
             precision=_precision(cfg, spec),
             deterministic=cfg.deterministic,
@@ -545,7 +559,8 @@ def epoch_seconds(
         val_x=data.val_x[:v],
         val_y=data.val_y[:v],
     )
-    result = (trainer or fit)(spec, probe, dataclasses.replace(cfg, epochs=3, max_seconds=None))
+    timed = dataclasses.replace(cfg, epochs=3, max_seconds=None, time_budget=None)
+    result = (trainer or fit)(spec, probe, timed)
     return min(result.curves["epoch_seconds"][1:]) * len(data.train_y) / n
 
 

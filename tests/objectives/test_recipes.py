@@ -19,7 +19,12 @@ from cnnas.objectives import (
     fit,
     measure_latency,
 )
-from cnnas.objectives._train import _cosine
+from cnnas.objectives._schedule import (
+    PlannedSchedule,
+    cosine_factor,
+    epochs_that_fit,
+    one_cycle,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,12 +49,91 @@ def cfg(epochs: int = 4, **kw) -> TrainConfig:
 
 
 def test_cosine_warms_up_then_decays_to_zero() -> None:
-    f = _cosine(100, 0.1)
+    def f(step: int) -> float:
+        return cosine_factor(step, 100, 0.1)
+
     assert [round(f(s), 3) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
     assert f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5, abs=0.02)
     assert f(99) < 0.001
     assert all(f(s) >= f(s + 1) for s in range(10, 99))  # monotone after the warm-up
+
+
+def test_one_cycle_gives_the_numbers_of_pytorchs_one_cycle() -> None:
+    # The recipe was measured with torch's OneCycleLR; the re-plannable one must be the same
+    # schedule, learning rate and momentum (Adam's beta1, SGD's momentum), step by step.
+    for make in (
+        lambda p: torch.optim.AdamW(p, lr=4e-3),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    ):
+        ours_opt = make([torch.nn.Parameter(torch.zeros(1))])
+        theirs_opt = make([torch.nn.Parameter(torch.zeros(1))])
+        peak = ours_opt.param_groups[0]["lr"]
+        ours = PlannedSchedule(ours_opt, "onecycle", 37, 0.25)
+        theirs = torch.optim.lr_scheduler.OneCycleLR(
+            theirs_opt, max_lr=peak, total_steps=37, pct_start=0.25
+        )
+        key = "betas" if "betas" in ours_opt.defaults else "momentum"
+        for _ in range(37):
+            a, b = ours_opt.param_groups[0], theirs_opt.param_groups[0]
+            assert a["lr"] == pytest.approx(b["lr"], rel=1e-12, abs=1e-15)
+            assert a[key] == pytest.approx(b[key], rel=1e-12)
+            ours_opt.step()
+            theirs_opt.step()
+            ours.step()
+            theirs.step()
+
+
+def test_a_replanned_schedule_ends_annealed_at_its_new_last_step() -> None:
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)
+    sched = PlannedSchedule(opt, "onecycle", 100, 0.25)
+    for _ in range(40):
+        opt.step()
+        sched.step()
+    sched.replan(200)  # the epochs turned out faster: twice the steps fit
+    lrs = []
+    for _ in range(159):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert max(lrs) <= 1e-2 * (1 + 1e-9)
+    assert lrs[-1] == pytest.approx(one_cycle(199, 200, 1e-2, 0.25)[0])
+    assert lrs[-1] < 1e-6  # the end of the cycle: peak / 25 / 1e4
+    sched.replan(10)  # never below the steps taken: the cycle cannot end in the past
+    assert sched.total_steps == 200
+    cos_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    cos = PlannedSchedule(cos_opt, "cosine", 50, 0.1)
+    cos.replan(20)
+    for _ in range(19):
+        cos_opt.step()
+        cos.step()
+    assert cos_opt.param_groups[0]["lr"] == pytest.approx(0.5 * cosine_factor(19, 20, 0.1))
+    with pytest.raises(ValueError, match="known: onecycle, cosine"):
+        PlannedSchedule(cos_opt, "plateau", 10, 0.1)
+
+
+def test_the_epochs_that_fit_a_time_budget() -> None:
+    # 3 done in 30 s of 100, 10 s an epoch now: 7 more fit.
+    assert epochs_that_fit(3, 30.0, 100.0, 10.0, 1000) == 10
+    assert epochs_that_fit(3, 30.0, 100.0, 10.0, 8) == 8  # the cap
+    assert epochs_that_fit(3, 95.0, 100.0, 10.0, 1000) == 3  # no whole epoch left: stop
+    assert epochs_that_fit(3, 130.0, 100.0, 10.0, 1000) == 3  # over already: never fewer
+    assert epochs_that_fit(1, 5.0, 100.0, 2.5, 1000) == 39  # faster now: more
+
+
+def test_a_time_budget_plans_the_epochs_and_ends_annealed(digits) -> None:
+    spec = small(digits)
+    # A budget far longer than the cap: the cap's epochs, the cycle planned for them.
+    capped = fit(spec, digits, cfg(1, time_budget=3600.0, max_epochs=3, schedule="onecycle"))
+    assert capped.epochs == 3
+    assert capped.curves["lr"][-1] < 1e-3 * 3e-3 * 10  # annealed at the last step
+    # A first plan of 1 epoch and seconds to spare: more epochs, still ending annealed, and
+    # never a cut at a high rate (a time limit alone stops a schedule mid-cycle).
+    planned = fit(spec, digits, cfg(1, time_budget=8.0, max_epochs=40, schedule="cosine"))
+    assert 1 <= planned.epochs <= 40
+    lrs = planned.curves["lr"]
+    assert lrs[-1] < 0.05 * max(lrs)
+    assert planned.val_acc > 0.5
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
