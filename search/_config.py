@@ -94,6 +94,13 @@ class StudySection:
     timeout: float | None = _opt(
         None, "Stop starting trials after this many seconds (null: no limit).", lo=1
     )
+    workers: int = _opt(
+        1,
+        "Worker processes on the CPU that search side by side, the cores shared between them "
+        "(cnnas study start --workers overrides it; --devices starts one per GPU instead).",
+        lo=1,
+        hi=1024,
+    )
     sampler: str = _opt("tpe", "Optuna sampler.", choices=SAMPLERS)
     seed: int = _opt(0, "Seed of the sampler, the data split and the training.", lo=0, hi=2**31 - 1)
     objective: str = _opt(

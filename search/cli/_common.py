@@ -49,6 +49,7 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
             ("trials", "trials"),
             ("timeout", "timeout"),
             ("project_dir", "project_dir"),
+            ("workers", "workers"),
         )
     }
     if isinstance(getattr(args, "study", None), str):  # cnnas worker --study NAME

@@ -91,7 +91,9 @@ def _study(sub: Any) -> None:
     _project(start)
     start.add_argument("-v", "--verbose", action="store_true", help="print every epoch")
     start.add_argument(
-        "--workers", type=int, help="worker processes on the CPU sharing the study (default 1)"
+        "--workers",
+        type=int,
+        help="worker processes on the CPU sharing the study (overrides study.workers)",
     )
     start.add_argument(
         "--devices",

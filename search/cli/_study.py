@@ -151,7 +151,7 @@ def _check_workers(args: argparse.Namespace) -> None:
 
 def _run_in_workers(run: StudyRun, args: argparse.Namespace, out: TextIO) -> bool:
     """Runs the study in worker processes when asked to; False when this process should."""
-    plans = plan_workers(args.workers, args.devices.split(",") if args.devices else None)
+    plans = plan_workers(run.cfg.study.workers, args.devices.split(",") if args.devices else None)
     if len(plans) == 1 and plans[0].device is None:
         return False
     where = ", ".join(f"GPU {p.device}" if p.device else "CPU" for p in plans)

@@ -53,6 +53,7 @@ study:
   heartbeat_interval: 30
   grace_period: 90
   retries: 2
+  workers: 3
 data:
   dataset: digits
   data_dir: /srv/data
@@ -173,6 +174,7 @@ def test_full_example_loads_every_key(tmp_path):
         heartbeat_interval=30,
         grace_period=90,
         retries=2,
+        workers=3,
     )
     assert cfg.data == DataConfig(
         dataset="digits",

@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 
 from cnnas.search import cli
 from cnnas.search._workers import plan_workers
+from cnnas.search.cli._common import study_config
 
 
 def test_plans_one_worker_per_gpu_or_n_cpu_workers() -> None:
@@ -21,12 +22,18 @@ def test_plans_one_worker_per_gpu_or_n_cpu_workers() -> None:
 
 
 def test_two_cpu_workers_share_one_study(tmp_path: Path, monkeypatch, capfd) -> None:
+    # study.workers in the config file: the CPU preset's way of asking for them.
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "study.yaml"
     config.write_text(
         yaml.safe_dump(
             {
-                "study": {"name": "shared", "trials": 8, "project_dir": str(tmp_path / "runs")},
+                "study": {
+                    "name": "shared",
+                    "trials": 8,
+                    "workers": 2,
+                    "project_dir": str(tmp_path / "runs"),
+                },
                 "data": {"dataset": "digits"},
                 "train": {"epochs": 2, "batch_size": 64},
                 "space": {
@@ -41,7 +48,7 @@ def test_two_cpu_workers_share_one_study(tmp_path: Path, monkeypatch, capfd) -> 
             }
         )
     )
-    assert cli.main(["study", "start", "--config", str(config), "--workers", "2"]) == 0
+    assert cli.main(["study", "start", "--config", str(config)]) == 0
     out = capfd.readouterr().out  # the workers print from their own processes
     assert "2 worker process(es)" in out
     assert "[worker 0]" in out and "[worker 1]" in out, "both workers ran trials"
@@ -72,4 +79,19 @@ def test_bad_worker_counts_are_refused(tmp_path: Path, monkeypatch, capsys) -> N
     assert "--workers" in capsys.readouterr().err
     assert cli.main(["study", "start", "--devices", "0,a"]) == 2
     assert "--devices" in capsys.readouterr().err
+    config = tmp_path / "zero.yaml"
+    config.write_text("study: {workers: 0}\n")
+    assert cli.main(["study", "start", "--config", str(config)]) == 2
+    assert "study.workers" in capsys.readouterr().err
+    config.unlink()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_overrides_study_workers(tmp_path: Path) -> None:
+    config = tmp_path / "two.yaml"
+    config.write_text("study: {workers: 2}\n")
+    parser = cli.build_parser()
+    args = parser.parse_args(["study", "start", "--config", str(config)])
+    assert study_config(args).study.workers == 2
+    args = parser.parse_args(["study", "start", "--config", str(config), "--workers", "1"])
+    assert study_config(args).study.workers == 1
