@@ -663,7 +663,20 @@ class FinalSection:
         "cosine plan for the epochs the budget allows and need no validation split.",
         choices=SCHEDULES,
     )
-    max_epochs: int = _opt(200, "Most epochs a network of the final phase trains.", lo=1)
+    max_epochs: int = _opt(
+        200,
+        "Most epochs a network the search found trains in the final phase (a reference alone "
+        "on its lane trains for the whole phase).",
+        lo=1,
+    )
+    references: bool = _opt(
+        True,
+        "Also train the networks of study.start_from (the ones you knew) in the final phase, "
+        "as the search's finds are, and register them (alias start, start-2, ...): the "
+        "yardstick the search is measured against. With study.workers > 1 on a CPU each gets "
+        "a lane of its own for the whole phase while another lane trains the others, as you "
+        "would have trained it alone.",
+    )
     champion_share: float = _opt(
         0.0,
         "Share of the final phase's time the champion trains for at least when other networks "

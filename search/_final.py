@@ -14,6 +14,7 @@ far the cheap scores could be trusted.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -23,29 +24,41 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from cnnas.objectives import ImageData, epoch_seconds, evaluate, load_dataset
+from cnnas.models import build, count_macs, count_params
+from cnnas.objectives import ImageData, TrainConfig, epoch_seconds, evaluate, load_dataset
 
 from ._aliases import assign_aliases
+from ._lanes import DataSource, Job, LaneEvent, LaneFailed, run_lanes
 from ._records import TrialRecord, front, members
 from ._study import StudyRun
+from .errors import StudyFailing
 
 __all__ = [
     "FINAL_ATTR",
     "FinalPlan",
     "FinalRun",
+    "Lane",
     "final_members",
     "final_runs",
     "fitting_epochs",
+    "is_reference",
     "kendall_tau",
     "kept_runs",
+    "lane_count",
     "plan_final",
+    "plan_lanes",
     "probe_epochs",
+    "reference_members",
     "searched_before",
+    "stand_in",
     "train_final",
 ]
 
 # Study user attribute: {trial number: FinalRun as a dict}.
 FINAL_ATTR = "final_runs"
+# The most epochs a reference trains (it trains for its whole time otherwise; a bound all the
+# same, for a tiny network on a long budget).
+REFERENCE_MAX_EPOCHS = 1000
 # Seconds kept free after the final phase for registering the networks and writing the report
 # (measured on the CPU preset: about 10 s together), at most a tenth of a short budget.
 RESERVE_SECONDS = 15.0
@@ -68,6 +81,8 @@ class FinalRun:
     params: int
     macs: int
     data: str  # what it trained on: "train+val" or "train"
+    # A study.start_from network trained as a yardstick (final.references), not a front member.
+    reference: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,7 +108,27 @@ def final_runs(study: Any) -> dict[int, FinalRun]:
 
 def final_members(recs: Sequence[TrialRecord], run: StudyRun) -> list[TrialRecord]:
     """The networks to hand over, the champion first: the alias members, the champion alone, or
-    the whole front (``final.members``)."""
+    the whole front (``final.members``); then the references (``reference_members``)."""
+    chosen = _front_members(recs, run)
+    return chosen + [r for r in reference_members(recs, run) if r not in chosen]
+
+
+def reference_members(recs: Sequence[TrialRecord], run: StudyRun) -> list[TrialRecord]:
+    """The trained trials of ``study.start_from``'s networks, in its order, when
+    ``final.references`` is on: the final phase trains them as it trains the search's finds."""
+    if not run.cfg.final.references:
+        return []
+    starts = [r for r in recs if r.start_point is not None and r.candidate]
+    return sorted(starts, key=lambda r: (r.start_point, r.number))
+
+
+def is_reference(run: StudyRun, r: TrialRecord) -> bool:
+    """Whether the final phase trains ``r`` as a reference: a study.start_from network, with
+    final.references on (it may be a front member as well)."""
+    return run.cfg.final.references and r.start_point is not None
+
+
+def _front_members(recs: Sequence[TrialRecord], run: StudyRun) -> list[TrialRecord]:
     cfg = run.cfg
     top = front(recs, cfg.study.complexity)
     if not top:
@@ -110,7 +145,32 @@ def final_members(recs: Sequence[TrialRecord], run: StudyRun) -> list[TrialRecor
         m = aliases.get(alias)
         if m is not None and by_number[m.trial] not in chosen:
             chosen.append(by_number[m.trial])
-    return chosen
+    # A member barely smaller than a clearly better one is not worth its share of the phase
+    # (measured on the CPU preset: the 'smallest' alias was 1.92k parameters at 0.64, the
+    # knee 2.00k at 0.83; it took 78 of 267 s): the better one stands for it.
+    axis = cfg.study.complexity
+    return [r for r in chosen if stand_in(r, chosen, axis) is None]
+
+
+# Sizes within this fraction of each other are one size on the front's log scale: of two such
+# members the more accurate stands for the other in the final phase and the registry.
+NEAR = 0.1
+
+
+def stand_in(
+    r: TrialRecord, others: Sequence[TrialRecord], axis: str = "params"
+) -> TrialRecord | None:
+    """The member of ``others`` that stands for ``r``: at most ``NEAR`` larger on ``axis``
+    and more accurate in the search (the most accurate such), or None."""
+    size = r.complexity(axis)
+    better = [
+        o
+        for o in others
+        if o.number != r.number
+        and o.complexity(axis) <= (1 + NEAR) * size
+        and (o.val_acc or 0.0) > (r.val_acc or 0.0)
+    ]
+    return max(better, key=lambda o: (o.val_acc or 0.0, -o.number)) if better else None
 
 
 def _epoch_seconds(r: TrialRecord, scale: float) -> float:
@@ -268,44 +328,59 @@ class _LiveEpochs(pl.Callback):
         )
 
 
-def _train_one(
-    run: StudyRun, r: TrialRecord, data: ImageData, epochs: int, max_seconds: float, line: Line
-) -> FinalRun:
+def _train_config(run: StudyRun, r: TrialRecord) -> TrainConfig:
+    """The final recipe for one member: the study's training with the final schedule; a
+    search network at most final.max_epochs, a reference as many as its time allows."""
     cfg = run.cfg
     train_cfg = cfg.train.to_train_config(cfg.study.seed, augment=r.augment)
-    train_cfg = dataclasses.replace(
-        train_cfg, epochs=epochs, schedule=cfg.final.schedule, max_seconds=max_seconds
-    )
-    run_id = run.tracker.start_trial(
+    most = REFERENCE_MAX_EPOCHS if is_reference(run, r) else cfg.final.max_epochs
+    return dataclasses.replace(train_cfg, schedule=cfg.final.schedule, max_epochs=most)
+
+
+def _start_run(run: StudyRun, r: TrialRecord) -> str:
+    cfg = run.cfg
+    tags = {"cnnas.final_of": str(r.number), "cnnas.role": "final"}
+    if is_reference(run, r):
+        tags["cnnas.reference"] = str(r.start_point)
+    return run.tracker.start_trial(
         run.parent_run_id,
         cfg.study.name,
         r.number,
         r.spec,
         run_name=f"{cfg.study.name}-trial-{r.number}-final",
-        extra_tags={"cnnas.final_of": str(r.number), "cnnas.role": "final"},
+        extra_tags=tags,
     )
-    live = _LiveEpochs(run, run_id, line, f"trial {r.number}", epochs)
-    result = run.trainer(r.spec, data, train_cfg, seed=cfg.study.seed + r.number, callbacks=[live])
-    loss, acc = evaluate(result.model, data.test_x, data.test_y, data.mean, data.std)
-    extra = {
-        **run.model_extra(r.number),
-        "final_epochs": result.epochs,
-        "trained_on": cfg.final.data,
-    }
+
+
+def _finish_run(
+    run: StudyRun,
+    r: TrialRecord,
+    run_id: str,
+    data: ImageData,
+    model: torch.nn.Module,
+    epochs: int,
+    seconds: float,
+) -> FinalRun:
+    """Scores a trained member once on the test split, logs its model and closes its run."""
+    cfg = run.cfg
+    loss, acc = evaluate(model, data.test_x, data.test_y, data.mean, data.std)
+    spec = r.spec
+    params, macs = count_params(spec), count_macs(spec)
+    extra = {**run.model_extra(r.number), "final_epochs": epochs, "trained_on": cfg.final.data}
     # model_extra's preprocessing is the search data's; the final data's statistics are the
     # ones this network was trained with.
     extra.update(mean=list(data.mean), std=list(data.std))
-    run.tracker.log_model(run_id, result.model, extra)
+    run.tracker.log_model(run_id, model, extra)
     run.tracker.end_trial(
         run_id,
         "FINISHED",
         metrics={
             "test_acc": acc,
             "test_loss": loss,
-            "params": float(result.params),
-            "macs": float(result.macs),
-            "seconds": result.seconds,
-            "epochs": float(result.epochs),
+            "params": float(params),
+            "macs": float(macs),
+            "seconds": seconds,
+            "epochs": float(epochs),
         },
     )
     return FinalRun(
@@ -313,13 +388,59 @@ def _train_one(
         run_id=run_id,
         test_acc=acc,
         test_loss=loss,
-        epochs=result.epochs,
-        seconds=result.seconds,
+        epochs=epochs,
+        seconds=seconds,
         search_val_acc=float(r.val_acc or 0.0),
-        params=int(result.params),
-        macs=int(result.macs),
+        params=int(params),
+        macs=int(macs),
         data=cfg.final.data,
+        reference=is_reference(run, r),
     )
+
+
+def _train_one(
+    run: StudyRun,
+    r: TrialRecord,
+    data: ImageData,
+    epochs: int,
+    seconds: float,
+    max_seconds: float,
+    line: Line,
+) -> FinalRun:
+    cfg = run.cfg
+    # ``epochs`` is the plan; the time budget lets the fit re-plan them at the pace it meets
+    # and end annealed within its ``seconds`` (a time limit alone would cut the schedule).
+    train_cfg = dataclasses.replace(
+        _train_config(run, r), epochs=epochs, time_budget=seconds, max_seconds=max_seconds
+    )
+    run_id = _start_run(run, r)
+    live = _LiveEpochs(run, run_id, line, f"trial {r.number}", epochs)
+    result = run.trainer(r.spec, data, train_cfg, seed=cfg.study.seed + r.number, callbacks=[live])
+    return _finish_run(run, r, run_id, data, result.model, result.epochs, result.seconds)
+
+
+def _announce(run: StudyRun, result: FinalRun, line: Line, where: str = "") -> None:
+    role = " (reference)" if result.reference else ""
+    line(
+        f"  {where}trial {result.trial}{role}: test accuracy {result.test_acc:.4f} after "
+        f"{result.epochs} epoch(s), {result.seconds:.0f} s (search: val_acc "
+        f"{result.search_val_acc:.4f})"
+    )
+
+
+def _record(run: StudyRun, done: dict[int, FinalRun], result: FinalRun) -> None:
+    done[result.trial] = result
+    # Recorded after each network, so an interrupted phase keeps what it finished.
+    run.study.set_user_attr(FINAL_ATTR, {str(k): v.to_dict() for k, v in done.items()})
+
+
+def lane_count(run: StudyRun) -> int:
+    """Networks the final phase trains at once: ``study.workers`` on a CPU, else one."""
+    cfg = run.cfg
+    on_cpu = cfg.train.accelerator == "cpu" or (
+        cfg.train.accelerator == "auto" and not torch.cuda.is_available()
+    )
+    return max(cfg.study.workers, 1) if on_cpu else 1
 
 
 def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalRun]:
@@ -334,6 +455,28 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
             f"accuracy {f.test_acc:.4f} after {f.epochs} epoch(s) on {f.data})"
         )
     data = final_data(run)
+    lanes = min(lane_count(run), len([r for r in chosen if r.number not in kept]))
+    if lanes > 1:
+        out = list(kept.values()) + _train_in_lanes(run, recs, data, budget, lanes, kept, line)
+    else:
+        out = _train_one_by_one(run, recs, data, budget, deadline, kept, line)
+    tau = kendall_tau([(f.search_val_acc, f.test_acc) for f in out])
+    if tau is not None:
+        line(f"rank agreement of search and final scores: Kendall's tau {tau:+.2f}")
+    return out
+
+
+def _train_one_by_one(
+    run: StudyRun,
+    recs: Sequence[TrialRecord],
+    data: ImageData,
+    budget: float,
+    deadline: float,
+    kept: dict[int, FinalRun],
+    line: Line,
+) -> list[FinalRun]:
+    """One network after the other, each with the whole process's threads."""
+    chosen = final_members(recs, run)
     plan = plan_final(run, recs, budget, len(data.train_y), keep=kept)
     batch = run.cfg.train.batch_size
     if (
@@ -378,25 +521,189 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
                     f"{left:.0f} s left (epochs take {pace:.2f}x the plan's estimate)"
                 )
         estimate = plan.epoch_seconds[r.number] * epochs
-        # A safety net for a network far slower than planned, even at the pace measured so far
-        # (the re-planning above keeps the phase within its budget otherwise).
-        max_seconds = max(1.5 * estimate * max(pace, 1.0), 1.0)
+        # Its share of the time really left, in the plan's proportions (equal epochs, or the
+        # champion's share): the fit re-plans its epochs at the pace it meets and ends
+        # annealed within it, so a plan that was off costs epochs, never the phase's end.
+        rest = plan.members[i:]
+        if i == 0 and plan.estimate > 0:
+            fraction = min(estimate / plan.estimate, 1.0)
+        else:
+            fraction = plan.epoch_seconds[r.number] / sum(
+                plan.epoch_seconds[m.number] for m in rest
+            )
+        seconds = max(deadline - time.monotonic(), 0.0) * fraction
+        # A safety net for an epoch far slower than planned (the time budget ends it otherwise).
+        max_seconds = max(1.5 * seconds, 1.0)
         line(f"  trial {r.number}: {r.spec.summary()}")
         started = time.monotonic()
-        result = _train_one(run, r, data, epochs, max_seconds, line)
+        result = _train_one(run, r, data, epochs, max(seconds, 1e-3), max_seconds, line)
         planned += estimate
         taken += time.monotonic() - started
-        line(
-            f"  trial {r.number}: test accuracy {result.test_acc:.4f} after {result.epochs} "
-            f"epoch(s), {result.seconds:.0f} s (search: val_acc {result.search_val_acc:.4f})"
-        )
-        done[r.number] = result
+        _announce(run, result, line)
+        _record(run, done, result)
         out.append(result)
-        # Recorded after each network, so an interrupted phase keeps what it finished.
-        run.study.set_user_attr(FINAL_ATTR, {str(k): v.to_dict() for k, v in done.items()})
-    tau = kendall_tau([(f.search_val_acc, f.test_acc) for f in out])
-    if tau is not None:
-        line(f"rank agreement of search and final scores: Kendall's tau {tau:+.2f}")
+    return out
+
+
+@dataclass(frozen=True)
+class Lane:
+    """Networks one lane trains in turn: each with its slot of the lane's seconds and the
+    epochs planned for it (the first plan: its fit re-plans them at the pace it meets)."""
+
+    members: tuple[TrialRecord, ...]
+    slots: tuple[float, ...]
+    epochs: tuple[int, ...]
+
+
+def plan_lanes(
+    run: StudyRun,
+    chosen: Sequence[TrialRecord],
+    budget: float,
+    times: Mapping[int, float],
+    lanes: int,
+) -> list[Lane]:
+    """Who trains in which lane, for how long.
+
+    Each reference (``final.references``) gets a lane of its own while one is left for the
+    others, and trains in it for the whole ``budget``: as its user would have trained it alone.
+    The search's networks share the other lanes, spread over them longest first; a lane's
+    networks train equal epochs (at most ``final.max_epochs``, the champion's share first when
+    ``final.champion_share`` asks for one) in ``budget``, the last ones left out when not one
+    epoch fits. ``times``: each one's seconds per epoch in a lane.
+    """
+    cfg = run.cfg
+    refs = [r for r in chosen if is_reference(run, r)]
+    others = [r for r in chosen if not is_reference(run, r)]
+    # A reference of which not one epoch fits the budget is left out, as a network would be.
+    refs = [r for r in refs if times[r.number] <= budget]
+    alone = refs[: lanes - 1] if others else refs[:lanes]
+    others += [r for r in refs if r not in alone]
+    out = [
+        Lane((r,), (budget,), (max(min(int(budget // times[r.number]), REFERENCE_MAX_EPOCHS), 1),))
+        for r in alone
+    ]
+    shared: list[list[TrialRecord]] = [[] for _ in range(max(lanes - len(alone), 0))]
+    for r in sorted(others, key=lambda r: -times[r.number]) if shared else []:
+        # Longest first, each to the lane with the least work so far; the champion lands in
+        # the first lane since that is empty when it comes (ties go to the lower lane).
+        min(shared, key=lambda ms: sum(times[m.number] for m in ms)).append(r)
+    limit = cfg.final.max_epochs
+    for members_ in shared:
+        members_.sort(key=others.index)  # the champion first, as the aliases order them
+        while members_:
+            epochs = fitting_epochs(members_, budget, times, limit)
+            if epochs >= 1:
+                each = [epochs] * len(members_)
+                share = cfg.final.champion_share if members_[0] is chosen[0] else 0.0
+                split = _champion_first(members_, budget, times, limit, share, epochs)
+                if split is not None:
+                    each = [split[0]] + [split[1]] * (len(members_) - 1)
+                slots = tuple(e * times[m.number] for e, m in zip(each, members_, strict=True))
+                out.append(Lane(tuple(members_), slots, tuple(each)))
+                break
+            members_.pop()  # the budget is short: fewer networks, the first one last to go
+    return out
+
+
+def _lane_times(run: StudyRun, chosen: Sequence[TrialRecord], images: int) -> dict[int, float]:
+    """Each member's seconds per epoch in a lane, from its search epochs scaled to the final
+    data (lanes run only with study.workers > 1, so the search's trials ran with a lane's share
+    of the cores too). Rough, and enough: every fit in a lane re-plans its epochs at the pace it
+    meets; these only split a shared lane's time and make the first plans."""
+    scale = images / max(len(run.data.train_y), 1)
+    return {r.number: _epoch_seconds(r, scale) for r in chosen}
+
+
+def _train_in_lanes(
+    run: StudyRun,
+    recs: Sequence[TrialRecord],
+    data: ImageData,
+    budget: float,
+    lanes: int,
+    kept: dict[int, FinalRun],
+    line: Line,
+) -> list[FinalRun]:
+    """The members in ``lanes`` processes side by side, the cores shared between them."""
+    cfg = run.cfg
+    chosen = [r for r in final_members(recs, run) if r.number not in kept]
+    times = _lane_times(run, chosen, len(data.train_y))
+    plan = plan_lanes(run, chosen, budget, times, lanes)
+    if not plan:
+        line(f"final training: skipped, {budget:.0f} s cannot train one epoch of any network")
+        return []
+    cores = max(torch.get_num_threads(), 1)
+    line(
+        f"final training: {sum(len(lane.members) for lane in plan)} network(s) in "
+        f"{len(plan)} lanes side by side on {cores} CPU thread(s), {budget:.0f} s "
+        f"(study.workers {cfg.study.workers}; a lane that finishes hands its threads over):"
+    )
+    for i, lane in enumerate(plan):
+        parts = [
+            f"trial {m.number}{' (reference)' if is_reference(run, m) else ''} "
+            f"{slot:.0f} s (about {e} epoch(s))"
+            for m, slot, e in zip(lane.members, lane.slots, lane.epochs, strict=True)
+        ]
+        line(f"  lane {i + 1}: " + ", then ".join(parts))
+    by_number = {r.number: r for r in chosen}
+    jobs = [
+        [
+            Job(
+                trial=m.number,
+                spec=m.spec.to_dict(),
+                cfg=_train_config(run, m),
+                seed=cfg.study.seed + m.number,
+                slot=slot,
+                epoch_seconds=times[m.number],
+            )
+            for m, slot in zip(lane.members, lane.slots, strict=True)
+        ]
+        for lane in plan
+    ]
+    source = DataSource(
+        cfg.data.dataset,
+        {**cfg.data.load_kwargs(), "subset": None},
+        cfg.study.seed,
+        merge_val=cfg.final.data != "train",
+    )
+    done = final_runs(run.study)
+    out: list[FinalRun] = []
+    runs: dict[int, str] = {}
+
+    def on_event(event: LaneEvent) -> None:
+        r = by_number[event.trial]
+        where = f"lane {event.lane + 1}, "
+        if event.kind == "start":
+            runs[r.number] = _start_run(run, r)
+            line(f"  {where}trial {r.number}: {r.spec.summary()}")
+        elif event.kind == "epoch":
+            run.tracker.log_epoch(runs[r.number], event.epoch, event.values)
+            line(
+                f"        {where}trial {r.number} epoch {event.epoch + 1:>3}  train_loss "
+                f"{event.values.get('train_loss', 0):.4f}  "
+                f"({event.values.get('epoch_seconds', 0):.1f}s)"
+            )
+        elif event.kind == "done":
+            model = build(r.spec)
+            model.load_state_dict(torch.load(io.BytesIO(event.weights), weights_only=True))
+            model.eval()
+            result = _finish_run(
+                run,
+                r,
+                runs[r.number],
+                data,
+                model,
+                int(event.result["epochs"]),
+                float(event.result["seconds"]),
+            )
+            _announce(run, result, line, where)
+            _record(run, done, result)
+            out.append(result)
+
+    try:
+        run_lanes(jobs, source, budget, cores, on_event)
+    except LaneFailed as e:
+        # As a failing search: the study registers what is done, then says why and exits 1.
+        raise StudyFailing(str(e)) from None
     return out
 
 

@@ -61,6 +61,8 @@ class _Attrs:
     oom_batch_size = "oom_batch_size"
     # Retries of trials whose worker died.
     retry_of = "retry_of"
+    # Set when the trial is queued from study.start_from: the point's index in that list.
+    start_point = "start_point"
     retry_history = "retry_history"
 
 
@@ -122,6 +124,8 @@ class TrialRecord:
     failure: str | None
     interrupted: bool
     retry_of: int | None
+    # The study.start_from point the trial ran (its index), or None: the sampler proposed it.
+    start_point: int | None
     started: datetime | None
     completed: datetime | None
     attrs: dict[str, Any] = field(repr=False, compare=False)
@@ -132,6 +136,7 @@ class TrialRecord:
         macs = a.get(ATTR.macs)
         dup = a.get(ATTR.duplicate_of)
         retry = a.get(ATTR.retry_of)
+        point = a.get(ATTR.start_point)
         return cls(
             number=t.number,
             state=t.state,
@@ -162,6 +167,7 @@ class TrialRecord:
             failure=a.get(ATTR.failure),
             interrupted=bool(a.get(ATTR.interrupted, False)),
             retry_of=None if retry is None else int(retry),
+            start_point=None if point is None else int(point),
             started=t.datetime_start,
             completed=t.datetime_complete,
             attrs=dict(a),

@@ -43,7 +43,7 @@ from cnnas.models import (
 from cnnas.objectives import Predictor
 
 from ._aliases import ChampionRule, assign_aliases
-from ._final import final_runs
+from ._final import final_runs, stand_in
 from ._mlflow_model import MODEL_ARTIFACT_DIR, log_logged_model, quiet_artifacts
 from ._records import TrialRecord, members
 from ._records import front as study_front
@@ -237,12 +237,20 @@ def register_front(
     client = run.tracker.client
     name = registered_model_name(run.mlflow_cfg.registered_model, run.cfg.study.name)
     _ensure_registered_model(client, name)
-    front = study_front(run.records(), complexity)
+    recs = run.records()
+    front = study_front(recs, complexity)
     # After a final phase the registered versions are its fully trained networks (the members
     # it trained); their search-fidelity runs stay with the trials.
     finals = final_runs(run.study)
     kind = "final" if finals else ("1" if refit_epochs else "0")
     registered = [t for t in front if t.number in finals] if finals else front
+    # The references it trained (final.references: the study.start_from networks) too, on the
+    # front or not: the yardstick the search's networks are compared with.
+    references = sorted(
+        (r for r in recs if r.number in finals and finals[r.number].reference),
+        key=lambda r: (r.start_point if r.start_point is not None else 0, r.number),
+    )
+    registered += [r for r in references if r not in registered]
     existing = {
         (v.tags.get("cnnas.study"), v.tags.get("cnnas.trial"), v.tags.get("cnnas.refit", "0")): v
         for v in _versions(client, name)
@@ -265,18 +273,26 @@ def register_front(
         test_accs[trial.number] = float(version.tags.get("test_acc", "nan"))
 
     # Aliases are chosen on the search's validation scores over the whole front, never on test
-    # accuracy; an alias whose member has no version here (final.members: champion) is left out.
-    aliases = {
-        a: m
-        for a, m in assign_aliases(members(front), rule, complexity).items()
-        if m.trial in versions
-    }
+    # accuracy. An alias whose member the final phase left out for a barely larger, better one
+    # (search._final.stand_in) points at that one; one whose member has no version here for
+    # another reason (final.members: champion) is left out.
+    by_number = {r.number: r for r in recs}
+    kept = [by_number[n] for n in versions]
+    aliases = {}
+    for a, m in assign_aliases(members(front), rule, complexity).items():
+        if m.trial not in versions and finals:
+            other = stand_in(by_number[m.trial], kept, complexity)
+            m = members([other])[0] if other is not None else m
+        if m.trial in versions:
+            aliases[a] = m
+    for i, member in enumerate(members(references)):
+        aliases[reference_alias(i)] = member
     for alias, member in aliases.items():
         client.set_registered_model_alias(name, alias, versions[member.trial].version)
     # An alias the rules no longer give (a champion limit nobody meets) must not linger.
     current = client.get_registered_model(name).aliases
     for alias in set(current) - set(aliases):
-        if alias in ("most-accurate", "smallest", "best-ratio", "knee", "champion"):
+        if alias in ALIASES or re.fullmatch(r"start(-\d+)?", alias):
             client.delete_registered_model_alias(name, alias)
     return {
         "name": name,
@@ -284,6 +300,15 @@ def register_front(
         "aliases": {a: (m.trial, versions[m.trial].version) for a, m in aliases.items()},
         "test_acc": test_accs,
     }
+
+
+# The aliases the front's rules give (search._aliases).
+ALIASES = ("most-accurate", "smallest", "best-ratio", "knee", "champion")
+
+
+def reference_alias(index: int) -> str:
+    """The alias of the ``index``-th reference (0-based): start, start-2, start-3, ..."""
+    return "start" if index == 0 else f"start-{index + 1}"
 
 
 def _version_source(

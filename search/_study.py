@@ -266,8 +266,8 @@ class StudyRun:
             if cfg.study.start_from and not self.study.get_trials(deepcopy=False):
                 # A new study only (under the start lock, so two workers do not both queue
                 # them): a resumed one has run or queued them already.
-                for point in cfg.study.start_from:
-                    self.study.enqueue_trial(dict(point))
+                for i, point in enumerate(cfg.study.start_from):
+                    self.study.enqueue_trial(dict(point), user_attrs={ATTR.start_point: i})
             if "config" not in self.study.user_attrs:
                 # Later commands (pareto, register) rebuild the study's data and settings
                 # from this.

@@ -39,16 +39,18 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     tests = {} if args.no_test else {r.number: test_accuracy(run, r) for r in top}
     label = AXIS_NAMES[args.complexity]
     out_dir = out or run.project_dir / "reports" / run.cfg.study.name
+    finals = final_runs(run.study)
     png, html = pareto_plot(
         [r for r in recs if r.candidate],
         top,
         args.complexity,
         out_dir,
-        f"{run.cfg.study.name}: validation accuracy vs {label}",
+        f"{run.cfg.study.name}: accuracy vs {label}",
+        {n: f.test_acc for n, f in finals.items()},
+        {n for n, f in finals.items() if f.reference},
     )
     for path in (png, html):
         run.tracker.client.log_artifact(run.parent_run_id, str(path), "pareto")
-    finals = final_runs(run.study)
     tau = kendall_tau([(f.search_val_acc, f.test_acc) for f in finals.values()])
     if args.json:
         emit_json(
@@ -56,6 +58,12 @@ def cmd_pareto(args: argparse.Namespace) -> int:
                 "study": run.cfg.study.name,
                 "complexity": args.complexity,
                 "front": [_with_final(trial_json(r, tests.get(r.number)), finals) for r in top],
+                # The study.start_from networks the final phase trained (final.references).
+                "references": [
+                    _with_final(trial_json(r), finals)
+                    for r in recs
+                    if r.number in finals and finals[r.number].reference
+                ],
                 "rank_agreement": tau,
                 "plot": {"png": png, "html": html},
                 "mlflow_parent_run_id": run.parent_run_id,
@@ -70,9 +78,10 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     if finals:
         print("\ntrained again at full fidelity (the registered networks):")
         for f in finals.values():
+            role = " (reference: study.start_from)" if f.reference else ""
             print(
                 f"  trial {f.trial:>4}: test {f.test_acc:.4f} after {f.epochs} epoch(s) on "
-                f"{f.data}; in the search val_acc {f.search_val_acc:.4f}"
+                f"{f.data}; in the search val_acc {f.search_val_acc:.4f}{role}"
             )
         if tau is not None:
             print(f"rank agreement of search and final scores: Kendall's tau {tau:+.2f}")

@@ -8,7 +8,7 @@ study, and the interesting part of the front is usually at the small end.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -58,12 +58,28 @@ def pareto_plot(
     complexity: str,
     out_dir: Path,
     title: str,
+    finals: Mapping[int, float] | None = None,
+    references: Collection[int] = (),
 ) -> tuple[Path, Path]:
-    """Writes ``pareto.png`` and ``pareto.html`` into ``out_dir``; returns their paths."""
+    """Writes ``pareto.png`` and ``pareto.html`` into ``out_dir``; returns their paths.
+
+    The trials and the front at the search's validation accuracy; with ``finals`` (trial number
+    -> test accuracy after the final phase), each of those networks where the final training
+    took it, joined to its search score, the ``references`` (study.start_from) marked apart.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    finals = dict(finals or {})
     front_ids = {r.number for r in front}
     others = [r for r in trials if r.number not in front_ids]
     front = sorted(front, key=lambda r: r.complexity(complexity))
+    by_number = {r.number: r for r in trials}
+    trained = [by_number[n] for n in sorted(finals) if n in by_number]
+    searched = [r for r in trained if r.number not in references]
+    refs = [r for r in trained if r.number in references]
+    groups = (
+        ("after the final phase: test accuracy", searched, "*", "#1d3557"),
+        ("reference (study.start_from): test accuracy", refs, "D", "#2a9d8f"),
+    )
 
     def xs(rs: Sequence[TrialRecord]) -> list[float]:
         return [r.complexity(complexity) for r in rs]
@@ -82,12 +98,29 @@ def pareto_plot(
             xytext=(4, -10),
             fontsize=8,
         )
+    for r in trained:
+        x = r.complexity(complexity)
+        ax.plot([x, x], [r.val_acc, finals[r.number]], ":", color="#457b9d", lw=1)
+    for name, rs, marker, color in groups:
+        if rs:
+            ys_ = [finals[r.number] for r in rs]
+            ax.scatter(xs(rs), ys_, marker=marker, s=70, color=color, label=name, zorder=3)
+    # A trial that never learned (10% on ten classes) would stretch the axis down to it and
+    # squash the front: the axis starts a little below the front and the final networks.
+    shown = ys(front) + list(finals.values())
+    if shown:
+        low = max(min(shown) - 0.05, 0.0)
+        hidden = sum(float(r.val_acc) < low for r in others)
+        ax.set_ylim(bottom=low)
+        if hidden:
+            note = f"{hidden} trial(s) below {low:.2f} not shown"
+            ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=8, color="#6c757d")
     ax.set_xscale("log")
     ax.set_xlabel(axis_label(complexity))
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel("accuracy (validation in the search)" if finals else "validation accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     png = _save(fig, out_dir / "pareto.png", dpi=120)
 
     page = go.Figure()
@@ -105,11 +138,27 @@ def pareto_plot(
                 marker={"color": color},
             )
         )
+    for name, rs, marker, color in groups:
+        if rs:
+            page.add_trace(
+                go.Scatter(
+                    x=xs(rs),
+                    y=[finals[r.number] for r in rs],
+                    mode="markers",
+                    name=name,
+                    text=[_label(r) for r in rs],
+                    marker={
+                        "color": color,
+                        "size": 11,
+                        "symbol": "star" if marker == "*" else "diamond",
+                    },
+                )
+            )
     page.update_layout(
         title=title,
         xaxis_type="log",
         xaxis_title=axis_label(complexity),
-        yaxis_title="validation accuracy",
+        yaxis_title="accuracy (validation in the search)" if finals else "validation accuracy",
         template="plotly_white",
     )
     html = out_dir / "pareto.html"

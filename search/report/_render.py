@@ -56,12 +56,25 @@ def _draw(f: Findings, out: Path) -> tuple[dict[str, Path], Path | None, dict[st
     label = {"params": "parameters", "macs": "MACs"}.get(f.complexity, "latency")
     interactive = None
     if f.trained:
+        finals = {n: r.test_acc for n, r in f.finals.items()} if f.with_test else {}
         images["pareto"], interactive = pareto_plot(
-            f.trained, f.front, f.complexity, out, f"{f.name}: validation accuracy vs {label}"
+            f.trained,
+            f.front,
+            f.complexity,
+            out,
+            f"{f.name}: accuracy vs {label}",
+            finals,
+            {n for n, r in f.finals.items() if r.reference},
         )
         notes["pareto"] = (
-            f"Every trained trial (grey) and the front (red): validation accuracy against "
-            f"{label}, log scale. {len(f.front)} trial(s) on the front."
+            f"Every trained trial (grey) and the front (red): validation accuracy in the search "
+            f"against {label}, log scale. {len(f.front)} trial(s) on the front."
+            + (
+                " Stars: the networks the final phase trained again, at their test accuracy "
+                "(diamonds: references from study.start_from), joined to their search score."
+                if finals
+                else ""
+            )
         )
         images["history"] = history_plot(accuracy_study(f.study, f.measured), out / "history.png")
         notes["history"] = (

@@ -118,6 +118,7 @@ final:
   schedule: onecycle
   max_epochs: 50
   champion_share: 0.6
+  references: false
 latency:
   backend: onnxruntime
   threads: 2
@@ -241,6 +242,7 @@ def test_full_example_loads_every_key(tmp_path):
         schedule="onecycle",
         max_epochs=50,
         champion_share=0.6,
+        references=False,
     )
     assert cfg.latency == LatencySection(
         backend="onnxruntime", threads=2, batch_size=16, budget=0.5
