@@ -677,6 +677,12 @@ class FinalSection:
         "a lane of its own for the whole phase while another lane trains the others, as you "
         "would have trained it alone.",
     )
+    head_start: bool = _opt(
+        False,
+        "With final.references, study.workers > 1 on a CPU and a study.timeout: each "
+        "reference starts training at the study's start, in a lane of its own, instead of in "
+        "the final phase, and trains until the study's end; one worker fewer searches.",
+    )
     champion_share: float = _opt(
         0.0,
         "Share of the final phase's time the champion trains for at least when other networks "

@@ -443,8 +443,13 @@ def lane_count(run: StudyRun) -> int:
     return max(cfg.study.workers, 1) if on_cpu else 1
 
 
-def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalRun]:
-    """Trains the members that fit ``budget`` seconds and records them on the study."""
+def train_final(
+    run: StudyRun, budget: float, line: Line = print, head: Any = None
+) -> list[FinalRun]:
+    """Trains the members that fit ``budget`` seconds and records them on the study.
+
+    ``head``: the references training since the study's start (``_head_start.HeadStart``);
+    they are left to it, and recorded when its lanes end, after this phase's own networks."""
     deadline = time.monotonic() + budget
     recs = run.records()
     chosen = final_members(recs, run)
@@ -454,12 +459,18 @@ def train_final(run: StudyRun, budget: float, line: Line = print) -> list[FinalR
             f"final training: trial {f.trial} kept from an earlier run of this study (test "
             f"accuracy {f.test_acc:.4f} after {f.epochs} epoch(s) on {f.data})"
         )
+    # Left out as the kept networks are: trained in the head start's lanes, which hold on to
+    # their cores until the study's end.
+    skip = set(kept) | set(head.trials if head is not None else ())
     data = final_data(run)
-    lanes = min(lane_count(run), len([r for r in chosen if r.number not in kept]))
+    free = lane_count(run) - (len(head.trials) if head is not None else 0)
+    lanes = min(free, len([r for r in chosen if r.number not in skip]))
     if lanes > 1:
-        out = list(kept.values()) + _train_in_lanes(run, recs, data, budget, lanes, kept, line)
+        out = list(kept.values()) + _train_in_lanes(run, recs, data, budget, lanes, skip, line)
     else:
-        out = _train_one_by_one(run, recs, data, budget, deadline, kept, line)
+        out = _train_one_by_one(run, recs, data, budget, deadline, kept, line, skip)
+    if head is not None:
+        out += head.collect(run, data, line)
     tau = kendall_tau([(f.search_val_acc, f.test_acc) for f in out])
     if tau is not None:
         line(f"rank agreement of search and final scores: Kendall's tau {tau:+.2f}")
@@ -474,10 +485,13 @@ def _train_one_by_one(
     deadline: float,
     kept: dict[int, FinalRun],
     line: Line,
+    skip: Collection[int] = (),
 ) -> list[FinalRun]:
-    """One network after the other, each with the whole process's threads."""
+    """One network after the other, each with the whole process's threads. ``skip``: trial
+    numbers not to train (the kept ones, and those trained elsewhere)."""
     chosen = final_members(recs, run)
-    plan = plan_final(run, recs, budget, len(data.train_y), keep=kept)
+    skip = set(skip) | set(kept)
+    plan = plan_final(run, recs, budget, len(data.train_y), keep=skip)
     batch = run.cfg.train.batch_size
     if (
         plan is not None
@@ -487,10 +501,10 @@ def _train_one_by_one(
         line(f"final training: timing an epoch of each of {len(plan.members)} network(s)")
         measured = probe_epochs(run, plan.members, data)
         plan = plan_final(
-            run, recs, deadline - time.monotonic(), len(data.train_y), measured, keep=kept
+            run, recs, deadline - time.monotonic(), len(data.train_y), measured, keep=skip
         )
     if plan is None:
-        todo = [r for r in chosen if r.number not in kept]
+        todo = [r for r in chosen if r.number not in skip]
         if todo:
             who = "the champion" if todo[0] is chosen[0] else f"trial {todo[0].number}"
             line(f"final training: skipped, {budget:.0f} s cannot train one epoch of {who}")
@@ -614,18 +628,29 @@ def _lane_times(run: StudyRun, chosen: Sequence[TrialRecord], images: int) -> di
     return {r.number: _epoch_seconds(r, scale) for r in chosen}
 
 
+def final_source(run: StudyRun) -> DataSource:
+    """How a lane loads the final data (``final_data``'s, in the lane's own process)."""
+    cfg = run.cfg
+    return DataSource(
+        cfg.data.dataset,
+        {**cfg.data.load_kwargs(), "subset": None},
+        cfg.study.seed,
+        merge_val=cfg.final.data != "train",
+    )
+
+
 def _train_in_lanes(
     run: StudyRun,
     recs: Sequence[TrialRecord],
     data: ImageData,
     budget: float,
     lanes: int,
-    kept: dict[int, FinalRun],
+    skip: Collection[int],
     line: Line,
 ) -> list[FinalRun]:
     """The members in ``lanes`` processes side by side, the cores shared between them."""
     cfg = run.cfg
-    chosen = [r for r in final_members(recs, run) if r.number not in kept]
+    chosen = [r for r in final_members(recs, run) if r.number not in skip]
     times = _lane_times(run, chosen, len(data.train_y))
     plan = plan_lanes(run, chosen, budget, times, lanes)
     if not plan:
@@ -659,12 +684,7 @@ def _train_in_lanes(
         ]
         for lane in plan
     ]
-    source = DataSource(
-        cfg.data.dataset,
-        {**cfg.data.load_kwargs(), "subset": None},
-        cfg.study.seed,
-        merge_val=cfg.final.data != "train",
-    )
+    source = final_source(run)
     done = final_runs(run.study)
     out: list[FinalRun] = []
     runs: dict[int, str] = {}

@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -182,12 +183,15 @@ def run_lanes(
     seconds: float,
     cores: int,
     on_event: Callable[[LaneEvent], None],
+    stop: threading.Event | None = None,
 ) -> None:
     """Trains every lane's jobs, the lanes side by side, within ``seconds``; calls
     ``on_event`` in this process for each start, epoch and trained network, as they come.
 
     Raises :class:`LaneFailed` when a lane's training raises or its process dies; the other
-    lanes are stopped then, as on Ctrl-C (what was reported done stays done)."""
+    lanes are stopped then, as on Ctrl-C (what was reported done stays done). ``stop``, set
+    from another thread, stops every lane and returns (lanes run in a thread of their own
+    while the study searches: see ``_head_start``)."""
     ctx = mp.get_context("spawn")  # a clean process: no copied thread pools or CUDA state
     events = ctx.Queue()
     alive = ctx.Value("i", len(lanes))
@@ -206,6 +210,8 @@ def run_lanes(
     ended: set[int] = set()
     try:
         while len(ended) < len(procs):
+            if stop is not None and stop.is_set():
+                return
             try:
                 event = events.get(timeout=_POLL_SECONDS)
             except queue.Empty:

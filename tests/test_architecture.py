@@ -31,7 +31,7 @@ SEARCH_FLOORS = [
     ["_pruning", "_sizing"],
     ["_objective"],
     ["_study"],
-    ["_workers", "_lanes", "_registry", "_final"],
+    ["_workers", "_lanes", "_registry", "_final", "_head_start"],
     ["report"],
     ["experiments"],
     ["cli"],

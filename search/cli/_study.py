@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 import torch
@@ -15,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .._config import StudyConfig
 from .._final import final_budget, train_final
 from .._format import duration, human, size
+from .._head_start import HeadStart, start_head_start
 from .._records import TrialRecord, front, records
 from .._storage import existing_study, safe_url, storage_location, worker_id
 from .._study import StudyRun, prepare, run_study, search_timeout
@@ -149,9 +151,16 @@ def _check_workers(args: argparse.Namespace) -> None:
         raise UsageError(f"--devices takes GPU indices like 0,1,2; got {args.devices!r}")
 
 
-def _run_in_workers(run: StudyRun, args: argparse.Namespace, out: TextIO) -> bool:
-    """Runs the study in worker processes when asked to; False when this process should."""
-    plans = plan_workers(run.cfg.study.workers, args.devices.split(",") if args.devices else None)
+def _run_in_workers(
+    run: StudyRun, args: argparse.Namespace, out: TextIO, head: HeadStart | None = None
+) -> bool:
+    """Runs the study in worker processes when asked to; False when this process should.
+    ``head``: references training since the start hold some of the workers' lanes and cores."""
+    workers = run.cfg.study.workers - (len(head.trials) if head is not None else 0)
+    plans = plan_workers(workers, args.devices.split(",") if args.devices else None)
+    if head is not None:
+        cores = max(torch.get_num_threads() // len(plans), 1)  # what the head start left
+        plans = [dataclasses.replace(p, threads=cores) for p in plans]
     if len(plans) == 1 and plans[0].device is None:
         return False
     where = ", ".join(f"GPU {p.device}" if p.device else "CPU" for p in plans)
@@ -186,22 +195,26 @@ def cmd_study_start(args: argparse.Namespace) -> int:
         cfg.study.trials, out, args.verbose or out.isatty(), timeout=search_timeout(cfg)
     )
     failing = None
+    head = None
     searched = time.monotonic()
     began = time.time()  # trials that started earlier are earlier runs' (their search time)
     before = run.finished_count()
     try:
-        if not _run_in_workers(run, args, out):
+        if not args.devices:
+            head = start_head_start(run, started, _lines(out, progress.verbose))
+        if not _run_in_workers(run, args, out, head):
             run_study(run, on_trial=progress.trial, on_epoch=progress.epoch)
         _trials_run(run, before, time.monotonic() - searched, out)
-        _final_phase(
-            run, started, time.monotonic() - searched, began, out, verbose=progress.verbose
-        )
+        _final_phase(run, started, time.monotonic() - searched, began, out, progress.verbose, head)
     except StudyFailing as e:
         failing = e
     except KeyboardInterrupt:
         ignore_further_interrupts()
         print("\ninterrupted: the study is saved; run the same command to resume", file=out)
         return 130
+    finally:
+        if head is not None:
+            head.stop()  # ends its lanes unless the final phase collected them
     recs = run.records()
     _print_front(recs, cfg.study.name, cfg.study.complexity, out)
     if cfg.registry.register and not args.no_register and front(recs, cfg.study.complexity):
@@ -234,21 +247,30 @@ def _trials_run(run: StudyRun, before: int, seconds: float, out: TextIO) -> None
     )
 
 
+def _lines(out: TextIO, verbose: bool) -> Callable[[str], None]:
+    def line(text: str) -> None:
+        # Per-epoch lines (indented deepest) only on a terminal or with -v, as in the search.
+        if verbose or not text.startswith("        "):
+            print(text, file=out, flush=True)
+
+    return line
+
+
 def _final_phase(
-    run: StudyRun, started: float, searched: float, began: float, out: TextIO, *, verbose: bool
+    run: StudyRun,
+    started: float,
+    searched: float,
+    began: float,
+    out: TextIO,
+    verbose: bool,
+    head: HeadStart | None = None,
 ) -> None:
     """The handed-over networks trained at full fidelity, in what is left of the budget."""
     if run.cfg.final.share <= 0:
         return
     budget = final_budget(run, started, searched, began=began)
     print("", file=out)
-
-    def line(text: str) -> None:
-        # Per-epoch lines (indented deepest) only on a terminal or with -v, as in the search.
-        if verbose or not text.startswith("        "):
-            print(text, file=out, flush=True)
-
-    train_final(run, budget, line)
+    train_final(run, budget, _lines(out, verbose), head)
 
 
 def cmd_study_status(args: argparse.Namespace) -> int:

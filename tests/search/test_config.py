@@ -119,6 +119,7 @@ final:
   max_epochs: 50
   champion_share: 0.6
   references: false
+  head_start: true
 latency:
   backend: onnxruntime
   threads: 2
@@ -243,6 +244,7 @@ def test_full_example_loads_every_key(tmp_path):
         max_epochs=50,
         champion_share=0.6,
         references=False,
+        head_start=True,
     )
     assert cfg.latency == LatencySection(
         backend="onnxruntime", threads=2, batch_size=16, budget=0.5

@@ -475,6 +475,43 @@ def test_two_workers_train_the_final_networks_side_by_side_with_the_reference(
     assert rc == 0 and "(reference: study.start_from)" in out, (out, err)
 
 
+def test_a_head_start_trains_the_reference_from_the_studys_start(tmp_path, monkeypatch):
+    """final.head_start: the start network (fully given, so known before any trial) trains in
+    a lane of its own from the study's start while the one worker left searches; the final
+    phase trains the champion and records the reference, registered as start, trained for
+    about the whole study rather than the final phase's 30%."""
+    monkeypatch.chdir(tmp_path)
+    point = {
+        "blocks": 1,
+        "base_filters": 8,
+        "batch_norm": True,
+        "block_dropout": 0.1,
+        "pool_0": "max",
+        "aggregation": "flatten",
+    }
+    config = write(
+        tmp_path,
+        "head",
+        study={"trials": 6, "timeout": 60, "workers": 2, "start_from": [point]},
+        final={"share": 0.3, "max_epochs": 3, "head_start": True, "members": "champion"},
+    )
+    rc, out, err = cnnas("study", "start", "--config", config, "--no-report")
+    assert rc == 0, err
+    assert "head start: trial 0 (reference" in out, out
+    assert "worker process(es)" not in out, "the other worker's cores train the reference"
+    finals = final_runs(study_of(tmp_path, "head"))
+    refs = [f for f in finals.values() if f.reference]
+    assert [f.trial for f in refs] == [0], finals
+    assert refs[0].seconds > 30, refs  # the final phase alone had 18 s
+    assert all(f.epochs <= 3 for f in finals.values() if not f.reference)
+    assert len(finals) == 2, "the champion was trained in the final phase beside it"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    start = client.get_model_version_by_alias("cnnas-head", "start")
+    assert start.run_id == refs[0].run_id
+    history = client.get_metric_history(refs[0].run_id, "train_loss")
+    assert len(history) == refs[0].epochs, "every epoch is in its MLflow run"
+
+
 def test_without_a_timeout_the_final_phase_takes_its_share_of_the_searchs_time(tmp_path):
     config = write(tmp_path, "counted", final={"share": 0.5, "members": "champion"})
     rc, _, err = cnnas("study", "start", "--config", config, "--no-report")
