@@ -59,7 +59,8 @@ def test_a_whole_architecture_is_the_network_the_study_builds():
 
 def test_the_cpu_preset_starts_from_the_rules_net_at_half_width():
     # Seed 002's rules of thumb (cnnas.models.rules_cnn: 32-32-pool-64-64-pool-dense128, batch
-    # norm, dropout 0.4) with half its filters, so that it fits the preset's MAC budget.
+    # norm, dropout 0.4) with half its filters, so that it fits the preset's MAC budget, and
+    # dropout 0.2: measured better for the final phase's length (docs/search-space.md).
     preset = load_preset("fashion-mnist-cpu")
     (point,) = preset.study.start_from
     check([point], max_macs=preset.study.max_macs)
@@ -67,10 +68,13 @@ def test_the_cpu_preset_starts_from_the_rules_net_at_half_width():
     rules = rules_cnn(FMNIST, 10)
     assert [b.filters for b in spec.blocks] == [b.filters // 2 for b in rules.blocks]
     for ours, theirs in zip(spec.blocks, rules.blocks, strict=True):
-        assert (ours.convs, ours.kernel, ours.batch_norm, ours.pool, ours.dropout) == (
-            theirs.convs, theirs.kernel, theirs.batch_norm, theirs.pool, theirs.dropout
+        assert (ours.convs, ours.kernel, ours.batch_norm, ours.pool) == (
+            theirs.convs, theirs.kernel, theirs.batch_norm, theirs.pool
         )  # fmt: skip
-    assert (spec.aggregation, spec.dense) == (rules.aggregation, rules.dense)
+        assert (ours.dropout, theirs.dropout) == (0.2, 0.4)
+    assert spec.aggregation == rules.aggregation
+    assert [d.width for d in spec.dense] == [d.width for d in rules.dense]
+    assert [d.dropout for d in spec.dense] == [0.2]
     assert (count_params(spec), count_macs(spec)) == (218_586, 4_830_720)
     assert count_macs(spec) <= preset.study.max_macs < count_macs(rules)
 
