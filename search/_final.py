@@ -419,6 +419,25 @@ def _train_one(
     return _finish_run(run, r, run_id, data, result.model, result.epochs, result.seconds)
 
 
+def finish_lane_result(
+    run: StudyRun,
+    r: TrialRecord,
+    run_id: str,
+    data: ImageData,
+    event: LaneEvent,
+    done: dict[int, FinalRun],
+) -> FinalRun:
+    """A network a lane trained (its 'done' event): rebuilt from the weights it sent, scored,
+    logged to its MLflow run and recorded on the study."""
+    model = build(r.spec)
+    model.load_state_dict(torch.load(io.BytesIO(event.weights), weights_only=True))
+    model.eval()
+    epochs, seconds = int(event.result["epochs"]), float(event.result["seconds"])
+    result = _finish_run(run, r, run_id, data, model, epochs, seconds)
+    _record(run, done, result)
+    return result
+
+
 def _announce(run: StudyRun, result: FinalRun, line: Line, where: str = "") -> None:
     role = " (reference)" if result.reference else ""
     line(
@@ -703,20 +722,8 @@ def _train_in_lanes(
                 f"({event.values.get('epoch_seconds', 0):.1f}s)"
             )
         elif event.kind == "done":
-            model = build(r.spec)
-            model.load_state_dict(torch.load(io.BytesIO(event.weights), weights_only=True))
-            model.eval()
-            result = _finish_run(
-                run,
-                r,
-                runs[r.number],
-                data,
-                model,
-                int(event.result["epochs"]),
-                float(event.result["seconds"]),
-            )
+            result = finish_lane_result(run, r, runs[r.number], data, event, done)
             _announce(run, result, line, where)
-            _record(run, done, result)
             out.append(result)
 
     try:

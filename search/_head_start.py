@@ -19,7 +19,6 @@ search's fidelity, and the final phase checks that it ran the same architecture.
 from __future__ import annotations
 
 import dataclasses
-import io
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from cnnas.models import ArchSpec, build, count_macs, count_params
+from cnnas.models import ArchSpec, count_macs, count_params
 from cnnas.objectives import ImageData
 
 from ._final import (
@@ -36,11 +35,10 @@ from ._final import (
     RESERVE_SECONDS,
     FinalRun,
     _announce,
-    _finish_run,
-    _record,
     _start_run,
     final_runs,
     final_source,
+    finish_lane_result,
     is_reference,
     lane_count,
 )
@@ -142,15 +140,8 @@ class HeadStart:
             for e in self._events:
                 if e.kind == "epoch" and e.trial == trial:
                     run.tracker.log_epoch(run_id, e.epoch, e.values)
-            model = build(r.spec)
-            model.load_state_dict(torch.load(io.BytesIO(finished[0].weights), weights_only=True))
-            model.eval()
-            result = finished[0].result
-            final = _finish_run(
-                run, r, run_id, data, model, int(result["epochs"]), float(result["seconds"])
-            )
+            final = finish_lane_result(run, r, run_id, data, finished[0], done)
             _announce(run, final, line, "head start, ")
-            _record(run, done, final)
             out.append(final)
         return out
 
