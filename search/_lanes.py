@@ -233,9 +233,27 @@ def run_lanes(
             else:
                 on_event(event)
     finally:
+        _stop(procs, events)
+
+
+def _stop(procs: Sequence[Any], events: Any) -> None:
+    """Ends the lanes still running. A lane that put events nobody read cannot exit until its
+    queue's feeder thread has written them into the pipe, so the parent keeps reading (and
+    dropping) them while it waits; a lane still there after that is killed."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    until = time.monotonic() + 10.0
+    while any(p.is_alive() for p in procs) and time.monotonic() < until:
+        try:
+            while True:
+                events.get_nowait()
+        except (queue.Empty, OSError, EOFError):
+            pass
         for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=10)
-        events.close()
+            p.join(timeout=0.05)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join(timeout=5)
+    events.close()
