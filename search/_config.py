@@ -663,6 +663,14 @@ class FinalSection:
         "cosine plan for the epochs the budget allows and need no validation split.",
         choices=SCHEDULES,
     )
+    contenders: int = _opt(
+        0,
+        "With members champion or aliases: also this many more front members within the "
+        "champion's limits (registry.champion_max_params / champion_max_macs), the most "
+        "accurate in the search first, trained and registered beside the champion: a few-epoch "
+        "score can misrank networks that are close (the aliases stay on the search's scores).",
+        lo=0,
+    )
     max_epochs: int = _opt(
         200,
         "Most epochs a network the search found trains in the final phase (a reference alone "

@@ -116,6 +116,7 @@ final:
   members: champion
   data: train
   schedule: onecycle
+  contenders: 2
   max_epochs: 50
   champion_share: 0.6
   references: false
@@ -241,6 +242,7 @@ def test_full_example_loads_every_key(tmp_path):
         members="champion",
         data="train",
         schedule="onecycle",
+        contenders=2,
         max_epochs=50,
         champion_share=0.6,
         references=False,

@@ -240,6 +240,46 @@ def test_a_barely_smaller_worse_member_is_left_to_the_better_one(tmp_path) -> No
     assert done["aliases"]["smallest"][0] == 1 and done["aliases"]["champion"][0] == 2
 
 
+def test_contenders_within_the_champions_limits_are_trained_and_registered(tmp_path) -> None:
+    """final.contenders: the next front members within the champion's size limit, the most
+    accurate in the search first, are trained beside the champion and registered; the
+    aliases stay on the search's scores."""
+    front = [
+        trained(0, 900, 0.70, 0.01),
+        trained(1, 3000, 0.85, 0.01),
+        trained(2, 8000, 0.88, 0.01),
+        trained(3, 12000, 0.90, 0.01),  # the champion: the best of at most 12k
+        trained(4, 40000, 0.95, 0.01),  # above the limit: never a contender
+    ]
+    recs = records(front)
+    limits = {"registry": {"champion_max_params": 12000}}
+
+    def run_with(name: str, **final):
+        return prepare(load_config(write(tmp_path, name, final=final, **limits)))
+
+    two = run_with("two", members="champion", contenders=2)
+    assert [r.number for r in final_members(recs, two)] == [3, 2, 1]
+    one = run_with("one", members="champion", contenders=1)
+    assert [r.number for r in final_members(recs, one)] == [3, 2]
+    none = run_with("none", members="champion")
+    assert [r.number for r in final_members(recs, none)] == [3]
+    # With the aliases' members, a contender is one no alias already names.
+    chosen = [r.number for r in final_members(recs, run_with("al", contenders=1))]
+    assert chosen[0] == 3 and len(chosen) == len(set(chosen))
+    assert len(chosen) == len(final_members(recs, run_with("al0"))) + 1
+    # Trained for real and registered beside the champion, which keeps its alias.
+    run = run_with("reg", members="champion", contenders=1, max_epochs=1)
+    run.open()
+    for t in front:
+        run.study.add_trial(t)
+    train_final(run, budget=30.0, line=lambda _: None)
+    assert set(final_runs(run.study)) == {2, 3}
+    done = register_front(run, run.cfg.registry.rule())
+    assert set(done["versions"]) == {2, 3}
+    assert done["aliases"]["champion"][0] == 3
+    assert all(trial != 2 for trial, _ in done["aliases"].values())
+
+
 def test_the_front_picture_shows_the_final_networks_and_the_reference(tmp_path) -> None:
     from cnnas.search.report import pareto_plot
 
