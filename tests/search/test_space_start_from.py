@@ -62,7 +62,7 @@ def test_the_cpu_preset_starts_from_the_rules_net_at_half_width():
     # norm, dropout 0.4) with half its filters, so that it fits the preset's MAC budget, and
     # dropout 0.2: measured better for the final phase's length (docs/search-space.md).
     preset = load_preset("fashion-mnist-cpu")
-    (point,) = preset.study.start_from
+    point = preset.study.start_from[0]
     check([point], max_macs=preset.study.max_macs)
     spec = suggest_spec(FixedTrial(point), preset.space, FMNIST, 10)
     rules = rules_cnn(FMNIST, 10)
@@ -77,6 +77,24 @@ def test_the_cpu_preset_starts_from_the_rules_net_at_half_width():
     assert [d.dropout for d in spec.dense] == [0.2]
     assert (count_params(spec), count_macs(spec)) == (218_586, 4_830_720)
     assert count_macs(spec) <= preset.study.max_macs < count_macs(rules)
+
+
+def test_the_cpu_presets_second_start_is_the_rules_layout_in_the_champions_size_class():
+    # The same two blocks of two 3x3 convs with batch norm and max pooling, 16 filters
+    # throughout and no dense layer: a fully given network below registry.champion_max_params
+    # (and below the smallest standard network it is compared with, 31.9k).
+    preset = load_preset("fashion-mnist-cpu")
+    _, point = preset.study.start_from
+    check([point], max_macs=preset.study.max_macs)
+    spec = suggest_spec(FixedTrial(point), preset.space, FMNIST, 10)
+    rules = rules_cnn(FMNIST, 10)
+    assert [b.filters for b in spec.blocks] == [16, 16]
+    for ours, theirs in zip(spec.blocks, rules.blocks, strict=True):
+        assert (ours.convs, ours.kernel, ours.batch_norm, ours.pool) == (
+            theirs.convs, theirs.kernel, theirs.batch_norm, theirs.pool
+        )  # fmt: skip
+    assert spec.aggregation == "flatten" and spec.dense == ()
+    assert count_params(spec) == 15_034 <= preset.registry.champion_max_params
 
 
 def test_a_partial_point_passes_and_the_rest_is_sampled():
