@@ -24,6 +24,7 @@ __all__ = [
     "champion",
     "knee",
     "pareto_members",
+    "within_limits",
 ]
 
 COMPLEXITIES = ("params", "macs", "latency")
@@ -177,6 +178,13 @@ def knee(front: Sequence[Member], complexity: str = "params") -> Member:
     return best if distance(best) > _KNEE_TOLERANCE else most_accurate
 
 
+def within_limits(m: Member, rule: ChampionRule) -> bool:
+    """Whether ``m`` is within the rule's ``max_params`` and ``max_macs`` (None: no limit)."""
+    return (rule.max_params is None or m.params <= rule.max_params) and (
+        rule.max_macs is None or m.macs <= rule.max_macs
+    )
+
+
 def champion(
     front: Sequence[Member], rule: ChampionRule, complexity: str = "params"
 ) -> Member | None:
@@ -193,12 +201,7 @@ def champion(
     if not front:
         return None
     if rule.rule == "most_accurate":
-        allowed = [
-            m
-            for m in front
-            if (rule.max_params is None or m.params <= rule.max_params)
-            and (rule.max_macs is None or m.macs <= rule.max_macs)
-        ]
+        allowed = [m for m in front if within_limits(m, rule)]
         return min(allowed, key=_most_accurate_key(cx), default=None)
     if rule.rule == "smallest_within":
         floor = max(m.accuracy for m in front) - rule.within - _WITHIN_TOLERANCE

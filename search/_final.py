@@ -27,7 +27,7 @@ import torch
 from cnnas.models import build, count_macs, count_params
 from cnnas.objectives import ImageData, TrainConfig, epoch_seconds, evaluate, load_dataset
 
-from ._aliases import assign_aliases
+from ._aliases import assign_aliases, within_limits
 from ._lanes import DataSource, Job, LaneEvent, LaneFailed, run_lanes
 from ._records import TrialRecord, front, members
 from ._study import StudyRun
@@ -168,14 +168,9 @@ def contenders(
     n = run.cfg.final.contenders
     if n <= 0:
         return []
-    reg = run.cfg.registry
-    allowed = [
-        r
-        for r in top
-        if r not in chosen
-        and (reg.champion_max_params is None or r.complexity("params") <= reg.champion_max_params)
-        and (reg.champion_max_macs is None or r.complexity("macs") <= reg.champion_max_macs)
-    ]
+    rule = run.cfg.registry.rule()
+    ok = {m.trial for m in members(top) if within_limits(m, rule)}
+    allowed = [r for r in top if r not in chosen and r.number in ok]
     axis = run.cfg.study.complexity
     allowed.sort(key=lambda r: (-(r.val_acc or 0.0), r.complexity(axis), r.number))
     return allowed[:n]
